@@ -1,0 +1,5 @@
+"""`python -m wce`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""The `wce` command: `serve` runs the server; `new` creates a cenv from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import ServerConfig, env_default
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    d = ServerConfig()
+    p.add_argument("--host", default=env_default("host", d.host), help="address to listen on (WCE_HOST)")
+    p.add_argument("--port", type=int, default=env_default("port", d.port), help="port, 0 for any free one (WCE_PORT)")
+    p.add_argument("--no-public-new", dest="public_new", action="store_false",
+                   default=env_default("public_new", d.public_new), help="turn off public cenv creation at /new")
+    p.add_argument("--new-per-hour", type=int, default=env_default("new_per_hour", d.new_per_hour),
+                   help="cenvs one client address may create per hour (WCE_NEW_PER_HOUR)")
+    p.add_argument("--max-body", type=int, default=env_default("max_body", d.max_body), help="request body limit in bytes")
+    p.add_argument("--max-workers", type=int, default=env_default("max_workers", d.max_workers), help="live worker cap")
+    p.add_argument("--idle-timeout", type=float, default=env_default("idle_timeout", d.idle_timeout),
+                   help="seconds before an idle worker exits")
+    p.add_argument("--hard-deadline", type=float, default=env_default("hard_deadline", d.hard_deadline),
+                   help="seconds before a worker that has not answered is killed (504)")
+    p.add_argument("--memory-mb", type=int, default=env_default("memory_mb", d.memory_mb), help="default memory cap per cenv")
+    p.add_argument("--cpu-ms-per-request", type=int, default=env_default("cpu_ms_per_request", d.cpu_ms_per_request),
+                   help="default CPU budget per request")
+    p.add_argument("--max-db-mb", type=int, default=env_default("max_db_mb", d.max_db_mb), help="default database size cap")
+
+
+def _read_password(confirm: bool = True) -> str:
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    pw = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Again: ") != pw:
+        sys.exit("wce: passwords differ")
+    return pw
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `wce` console script and `python -m wce`."""
+    parser = argparse.ArgumentParser(prog="wce", description="WCE, the Web Compute Environment")
+    parser.add_argument("--data", default=env_default("data", ServerConfig().data), help="data folder (WCE_DATA)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_args(sub.add_parser("serve", help="run the server"))
+    new = sub.add_parser("new", help="create a cenv; the password is read from a prompt or stdin")
+    new.add_argument("--username", required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "serve":
+        from .gateway.serve import run
+
+        fields = {k: v for k, v in vars(args).items() if k in ServerConfig.__dataclass_fields__}
+        run(ServerConfig(**fields))
+    elif args.command == "new":
+        from .core import auth, cenv
+        from .core.errors import WceError
+        from .core.ids import new_id
+
+        try:
+            username = auth.check_username(args.username)
+            password = auth.check_password(_read_password())
+            data = ServerConfig(data=args.data).data_path
+            data.mkdir(parents=True, exist_ok=True)
+            cenv_id = new_id()
+            cenv.create(data, cenv_id, username, auth.hash_password(password), ip="cli")
+        except WceError as exc:
+            sys.exit(f"wce: {exc.message}")
+        print(cenv_id)
+        print(f"created {os.path.join(str(data), cenv_id + '.sqlite')}", file=sys.stderr)

@@ -1,0 +1,82 @@
+"""Server-wide settings: one frozen record, from command-line flags and `WCE_*` environment variables.
+
+Stdlib only: every process (gateway, fork server, workers) reads the same record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything an operator can set. Per-cenv caps here are defaults a cenv's own config can override."""
+
+    host: str = "127.0.0.1"
+    port: int = 5309
+    data: str = "./data"
+    public_new: bool = True
+    new_per_hour: int = 20  # cenvs created per client address per hour
+    max_body: int = 1 << 20
+    max_workers: int = 256
+    idle_timeout: float = 300.0
+    hard_deadline: float = 30.0  # a worker that has not begun answering by then is killed (504)
+    graceful_timeout: float = 10.0
+    # per-cenv caps, overridable in the cenv's own _wce_config
+    memory_mb: int = 256
+    cpu_ms_per_request: int = 2000
+    max_db_mb: int = 1024
+    run_dir: str = field(default="")
+
+    @property
+    def data_path(self) -> Path:
+        """The data folder, absolute."""
+        return Path(self.data).resolve()
+
+    @property
+    def runtime_path(self) -> Path:
+        """Where worker sockets live: `{data}/.run`, or a short private folder in /tmp when that
+        path would be too long for a Unix socket name (108 bytes)."""
+        if self.run_dir:
+            return Path(self.run_dir)
+        candidate = self.data_path / ".run"
+        if len(str(candidate)) + 40 < 104:
+            return candidate
+        digest = hashlib.sha256(str(self.data_path).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"wce-{digest}"
+
+    def cenv_defaults(self) -> dict[str, Any]:
+        """The server defaults for the per-cenv settings."""
+        return {"memory_mb": self.memory_mb, "cpu_ms_per_request": self.cpu_ms_per_request, "max_db_mb": self.max_db_mb}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (sent to the fork server)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServerConfig:
+        """The inverse of to_dict."""
+        return cls(**d)
+
+
+ENV = {
+    "host": "WCE_HOST", "port": "WCE_PORT", "data": "WCE_DATA", "new_per_hour": "WCE_NEW_PER_HOUR",
+    "max_body": "WCE_MAX_BODY", "max_workers": "WCE_MAX_WORKERS", "idle_timeout": "WCE_IDLE_TIMEOUT",
+    "hard_deadline": "WCE_HARD_DEADLINE", "memory_mb": "WCE_MEMORY_MB",
+    "cpu_ms_per_request": "WCE_CPU_MS_PER_REQUEST", "max_db_mb": "WCE_MAX_DB_MB",
+}
+
+
+def env_default(name: str, default: Any) -> Any:
+    """The value of a setting's environment variable, converted to the default's type, else the default."""
+    raw = os.environ.get(ENV.get(name, ""), None)
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    return type(default)(raw)

@@ -1,0 +1,135 @@
+"""Users and sessions of one cenv, over its connection.
+
+Hashing is not done here (it is slow and the caller runs it off the event loop); these functions
+take and store finished hashes. Every change writes its audit row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import apsw
+
+from . import audit, auth
+from .db import transaction
+from .errors import Conflict
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user as the rest of the code sees it: never with the hash."""
+
+    id: int
+    username: str
+    role: str
+
+    def public(self) -> dict[str, object]:
+        """The JSON shape of the contract."""
+        return {"id": self.id, "username": self.username, "role": self.role}
+
+
+@dataclass(frozen=True, slots=True)
+class LoginCandidate:
+    """A user found for a login attempt, with the hash to check."""
+
+    user: User
+    password_hash: str
+
+
+def find_for_login(conn: apsw.Connection, username: str) -> LoginCandidate | None:
+    """The enabled user with this name (case-insensitive), or None."""
+    row = conn.execute(
+        "SELECT id, username, role, password_hash FROM _wce_users WHERE username = ? AND disabled = 0",
+        (username,),
+    ).fetchone()
+    if row is None:
+        return None
+    return LoginCandidate(User(row[0], row[1], row[2]), row[3])
+
+
+def get_password_hash(conn: apsw.Connection, user_id: int) -> str | None:
+    """The current hash of a user (for a password change)."""
+    row = conn.execute("SELECT password_hash FROM _wce_users WHERE id = ?", (user_id,)).fetchone()
+    return row[0] if row else None
+
+
+def open_session(conn: apsw.Connection, user: User, ttl: int, *, ip: str | None, user_agent: str | None,
+                 new_hash: str | None = None) -> tuple[str, float]:
+    """Record a successful login: a session row, the audit row, and an upgraded hash if given."""
+    sid = auth.new_session_id()
+    now = time.time()
+    expires = now + ttl
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO _wce_sessions(id, user_id, created_at, expires_at, ip, user_agent) VALUES (?, ?, ?, ?, ?, ?)",
+            (sid, user.id, now, expires, ip, (user_agent or "")[:256]),
+        )
+        if new_hash:
+            conn.execute("UPDATE _wce_users SET password_hash = ?, updated_at = ? WHERE id = ?", (new_hash, now, user.id))
+        audit.record(conn, "auth.login", actor=user.username, target=f"user:{user.id}", ip=ip)
+    return sid, expires
+
+
+def record_login_failure(conn: apsw.Connection, username: str, *, ip: str | None, reason: str) -> None:
+    """Audit a failed login (the attempted name, never the password)."""
+    with transaction(conn):
+        audit.record(conn, "auth.login_failed", actor=username[:64], detail={"reason": reason}, ip=ip)
+
+
+def resolve_session(conn: apsw.Connection, user_id: int, session_id: str) -> User | None:
+    """The user behind a live session, or None if it is revoked, expired, or the user is gone or disabled."""
+    row = conn.execute(
+        "SELECT u.id, u.username, u.role FROM _wce_sessions s JOIN _wce_users u ON u.id = s.user_id"
+        " WHERE s.id = ? AND s.user_id = ? AND s.revoked_at IS NULL AND s.expires_at > ? AND u.disabled = 0",
+        (session_id, user_id, time.time()),
+    ).fetchone()
+    return User(row[0], row[1], row[2]) if row else None
+
+
+def revoke_session(conn: apsw.Connection, user: User, session_id: str, *, ip: str | None) -> None:
+    """Logout: the session stops working at once."""
+    with transaction(conn):
+        conn.execute("UPDATE _wce_sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), session_id))
+        audit.record(conn, "auth.logout", actor=user.username, target=f"user:{user.id}", ip=ip)
+
+
+def change_password(conn: apsw.Connection, user: User, new_hash: str, keep_session: str | None, *,
+                    ip: str | None) -> None:
+    """Store a new hash and revoke every other session of the user."""
+    now = time.time()
+    with transaction(conn):
+        conn.execute("UPDATE _wce_users SET password_hash = ?, updated_at = ? WHERE id = ?", (new_hash, now, user.id))
+        conn.execute(
+            "UPDATE _wce_sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+            (now, user.id, keep_session),
+        )
+        audit.record(conn, "auth.password_change", actor=user.username, target=f"user:{user.id}", ip=ip)
+
+
+def create_user(conn: apsw.Connection, username: str, password_hash: str, role: str, *,
+                actor: str | None, ip: str | None, action: str = "user.create") -> User:
+    """Add a user; Conflict if the name is taken (case-insensitively)."""
+    now = time.time()
+    try:
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO _wce_users(username, password_hash, role, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (username, password_hash, role, now, now),
+            )
+            uid = conn.last_insert_rowid()
+            audit.record(conn, action, actor=actor or username, target=f"user:{uid}", detail={"role": role}, ip=ip)
+    except apsw.ConstraintError:
+        raise Conflict("username is taken") from None
+    return User(uid, username, role)
+
+
+def purge_expired_sessions(conn: apsw.Connection, older_than: float = 86400) -> int:
+    """Delete sessions that expired or were revoked more than `older_than` seconds ago."""
+    cutoff = time.time() - older_than
+    with transaction(conn):
+        conn.execute(
+            "DELETE FROM _wce_sessions WHERE expires_at < ? OR (revoked_at IS NOT NULL AND revoked_at < ?)",
+            (cutoff, cutoff),
+        )
+        return conn.changes()

@@ -1,0 +1,178 @@
+"""The gateway's ASGI entry: the one place that decides which path a request takes.
+
+`/{cenv-id}/...` is forwarded to that cenv's worker straight from the ASGI layer (no framework in
+between: this is the hot path); everything else (landing page, /new, /healthz, lifespan) goes to
+the Quart app of platform routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from wce import proto
+from wce.config import ServerConfig
+from wce.core.errors import BY_CODE, Timeout, TooLarge, Unauthenticated, Unavailable, WceError
+from wce.core.ids import is_id
+from wce.responses import error_parts
+
+from .client import WorkerGone
+from .supervisor import Supervisor
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+COOKIE = b"wce_session="
+DROPPED_HEADERS = frozenset({"authorization", "cookie"})
+
+
+async def send_error(send: Send, exc: WceError) -> None:
+    """Answer with the contract's error body."""
+    status, headers, body = error_parts(exc.code, exc.message, getattr(exc, "retry_after", None))
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Disconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) as soon as it is known to exceed limit."""
+    for k, v in scope["headers"]:
+        if k == b"content-length":
+            try:
+                if int(v) > limit:
+                    raise TooLarge(f"request body over {limit} bytes")
+            except ValueError:
+                pass
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]:
+    """The caller's token and where it came from: the Authorization header wins over the cookie."""
+    cookie_token = None
+    for k, v in headers:
+        if k == b"authorization":
+            scheme, _, token = v.partition(b" ")
+            if scheme.lower() == b"bearer" and token:
+                return token.strip().decode("latin-1"), "bearer"
+            return "", "bearer"  # a malformed Authorization header is an invalid credential
+        if k == b"cookie" and COOKIE in v:
+            for part in v.split(b";"):
+                part = part.strip()
+                if part.startswith(COOKIE):
+                    cookie_token = part[len(COOKIE):].decode("latin-1")
+    return (cookie_token or None), "cookie"
+
+
+class Gateway:
+    """ASGI callable: forwards cenv requests, hands the rest to the platform app."""
+
+    def __init__(self, config: ServerConfig, supervisor: Supervisor, platform: ASGIApp) -> None:
+        self.config = config
+        self.supervisor = supervisor
+        self.platform = platform
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            seg = path[1:27]
+            if is_id(seg) and (len(path) == 27 or path[27] == "/"):
+                if len(path) == 27:
+                    await send({"type": "http.response.start", "status": 308,
+                                "headers": [(b"location", f"/{seg}/".encode()), (b"content-length", b"0")]})
+                    await send({"type": "http.response.body", "body": b""})
+                    return
+                await self.forward(scope, receive, send, seg, path[27:])
+                return
+        await self.platform(scope, receive, send)
+
+    async def forward(self, scope: Scope, receive: Receive, send: Send, cenv: str, rest: str) -> None:
+        """Send one request to the cenv's worker and relay its answer."""
+        try:
+            body = await read_body(scope, receive, self.config.max_body)
+            token, via = credentials(scope["headers"])
+            worker = await self.supervisor.get(cenv)
+            identity = None
+            if token is not None:
+                try:
+                    if not token:
+                        raise Unauthenticated("malformed Authorization header")
+                    claims = worker.tokens.verify(token)
+                    identity = {"sub": claims.user_id, "jti": claims.session_id, "role": claims.role, "via": via}
+                except Unauthenticated:
+                    if via == "bearer":
+                        raise
+            client = scope.get("client")
+            exchange = await worker.send_request(
+                cenv=cenv, method=scope["method"], path=rest,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+                         if k.decode("latin-1") not in DROPPED_HEADERS],
+                body=body, client=client[0] if client else "", scheme=scope.get("scheme", "http"),
+                identity=identity,
+            )
+        except _Disconnected:
+            return
+        except WorkerGone:
+            await send_error(send, _unavailable())
+            return
+        except WceError as exc:
+            await send_error(send, exc)
+            return
+        try:
+            with trio.move_on_after(self.config.hard_deadline) as deadline:
+                first = await exchange.first()
+            if deadline.cancelled_caught:
+                self.supervisor.kill(worker, "deadline")
+                await send_error(send, _timeout())
+                return
+            await self._relay(send, exchange, first)
+        except WorkerGone:
+            await send_error(send, _unavailable())
+        finally:
+            await exchange.aclose()
+
+    async def _relay(self, send: Send, exchange: Any, first: proto.Message) -> None:
+        if isinstance(first, proto.Response):
+            await send({"type": "http.response.start", "status": first.status,
+                        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in first.headers]})
+            await send({"type": "http.response.body", "body": first.body})
+        elif isinstance(first, proto.StreamStart):
+            await send({"type": "http.response.start", "status": first.status,
+                        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in first.headers]})
+            async for chunk in exchange.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        elif isinstance(first, proto.Error):
+            await send_error(send, _coded(first))
+
+
+def _coded(err: proto.Error) -> WceError:
+    return BY_CODE.get(err.code, WceError)(err.message)
+
+
+def _unavailable() -> WceError:
+    return Unavailable("the cenv's worker stopped; try again")
+
+
+def _timeout() -> WceError:
+    return Timeout("the cenv did not answer in time")

@@ -1,0 +1,101 @@
+"""Starting the fork server before the event loop, and asking it for workers from inside it."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from wce.config import ServerConfig
+from wce.core.errors import BY_CODE, Unavailable, WceError
+from wce.proto.framing import FrameDecoder, frame
+
+REPLY_TIMEOUT = 30.0
+
+
+class ForkServer:
+    """The zygote process and how to talk to it."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path) -> None:
+        self.proc = proc
+        self.path = path
+
+    @classmethod
+    def start(cls, config: ServerConfig) -> ForkServer:
+        """Start the zygote (call before trio.run: the child must not inherit an event loop)."""
+        run = config.runtime_path
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = run / "forkserver.sock"
+        path.unlink(missing_ok=True)
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lst.bind(str(path))
+        os.chmod(path, 0o600)
+        lst.listen(128)
+        env = dict(os.environ, MALLOC_ARENA_MAX="1", RUST_BACKTRACE="0", PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wce.worker.forkserver", "--fd", str(lst.fileno()),
+             "--config", json.dumps(config.to_dict())],
+            pass_fds=(lst.fileno(),), env=env, stdin=subprocess.DEVNULL,
+        )
+        lst.close()
+        return cls(proc, path)
+
+    async def _ask(self, msg: dict[str, Any], fd: int | None = None) -> dict[str, Any]:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with trio.fail_after(REPLY_TIMEOUT):
+                await sock.connect(str(self.path))
+                data = frame(msgpack.packb(msg, use_bin_type=True))
+                if fd is None:
+                    await sock.send(data)
+                else:
+                    await sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+                decoder = FrameDecoder(1 << 20)
+                while True:
+                    chunk = await sock.recv(65536)
+                    if not chunk:
+                        raise Unavailable("the fork server went away")
+                    frames = decoder.feed(chunk)
+                    if frames:
+                        reply = msgpack.unpackb(frames[0], raw=False)
+                        if not isinstance(reply, dict):
+                            raise Unavailable("bad reply from the fork server")
+                        return reply
+        except (OSError, trio.TooSlowError) as exc:
+            raise Unavailable("the fork server is not answering") from exc
+        finally:
+            sock.close()
+
+    async def spawn(self, cenv: str, listen_fd: int) -> int:
+        """Fork a worker for cenv serving on the given listening socket; its pid."""
+        reply = await self._ask({"op": "spawn", "cenv": cenv}, listen_fd)
+        if not reply.get("ok"):
+            raise Unavailable("could not start a worker")
+        return int(reply["pid"])
+
+    async def create(self, cenv: str, username: str, password: str, ip: str) -> None:
+        """Create a cenv file with its first admin user; raises the domain error on refusal."""
+        reply = await self._ask({"op": "create", "cenv": cenv, "username": username, "password": password, "ip": ip})
+        if not reply.get("ok"):
+            cls = BY_CODE.get(str(reply.get("code")), WceError)
+            raise cls(str(reply.get("message", "could not create the cenv")))
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM the zygote (it stops its workers), SIGKILL after timeout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.path.unlink(missing_ok=True)

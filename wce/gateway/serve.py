@@ -1,0 +1,81 @@
+"""`wce serve`: fork server first, then the event loop with hypercorn, the supervisor and the app.
+
+Shutdown on SIGTERM or SIGINT: hypercorn stops accepting and lets in-flight requests finish
+(graceful_timeout), then every worker is stopped gracefully, then the fork server; no process is
+left behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from wce.config import ServerConfig
+
+from .asgi import Gateway
+from .forkserver import ForkServer
+from .platform import create_platform_app
+from .supervisor import Supervisor
+
+
+def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+    """Hypercorn settings for the gateway."""
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.graceful_timeout = config.graceful_timeout
+    hc.keep_alive_timeout = 5
+    hc.accesslog = None
+    hc.errorlog = "-"
+    hc.include_server_header = False
+    return hc
+
+
+async def _serve(config: ServerConfig, forkserver: ForkServer) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        supervisor = Supervisor(config, forkserver, nursery)
+        app = Gateway(config, supervisor, create_platform_app(config, supervisor))
+
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    shutdown.set()
+
+        nursery.start_soon(on_signals)
+        async with trio.open_nursery() as http:
+            binds = await http.start(lambda task_status: hypercorn_serve(
+                app, hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status))  # type: ignore[arg-type]
+            print(f"wce: listening on {' '.join(binds)} (data: {config.data_path})", flush=True)
+        # hypercorn has returned: no new requests, in-flight ones answered (or its grace ran out)
+        await supervisor.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def lock_data_dir(config: ServerConfig) -> int:
+    """One server per data folder: a second one would fight over the worker sockets."""
+    data = config.data_path
+    data.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"wce: another server is already using {data}")
+    return fd
+
+
+def run(config: ServerConfig) -> None:
+    """Run the server in the foreground until SIGTERM or SIGINT."""
+    lock = lock_data_dir(config)
+    forkserver = ForkServer.start(config)
+    try:
+        trio.run(_serve, config, forkserver)
+    finally:
+        forkserver.stop(config.graceful_timeout + 2)
+        os.close(lock)

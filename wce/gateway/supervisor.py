@@ -1,0 +1,194 @@
+"""Keeps exactly one worker per active cenv: starts on first use, replaces the dead, kills the hung,
+evicts the least recently used past the cap, and stops them all on shutdown.
+
+A worker's socket lives at `{run}/{cenv}.sock`, a name derived from the cenv id alone, so any
+gateway process that shares the run folder can reach it (see README, "Several gateways").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+import trio
+
+from wce import proto
+from wce.config import ServerConfig
+from wce.core.errors import NotFound, Unavailable
+from wce.core.ids import path_for
+from wce.proto.channel import MessageChannel
+
+from .client import WorkerClient
+from .forkserver import ForkServer
+
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStatistics:
+    """A snapshot for tests and /healthz."""
+
+    live: int
+    starting: int
+    stopping: int
+    events: dict[str, int]
+
+
+class Supervisor:
+    """Owns the worker handles of this gateway process; runs its tasks in the given nursery."""
+
+    def __init__(self, config: ServerConfig, forkserver: ForkServer, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.forkserver = forkserver
+        self.nursery = nursery
+        self.run_dir = config.runtime_path
+        self._workers: dict[str, WorkerClient] = {}
+        self._starting: dict[str, trio.Event] = {}
+        self._stopping: dict[str, WorkerClient] = {}
+        self.events: Counter[str] = Counter()
+        self._closed = False
+
+    def statistics(self) -> SupervisorStatistics:
+        """How many workers, and what has happened to them so far."""
+        return SupervisorStatistics(len(self._workers), len(self._starting), len(self._stopping), dict(self.events))
+
+    def exists(self, cenv: str) -> bool:
+        """True if the cenv's file is there (the id must be well-shaped)."""
+        return path_for(self.config.data_path, cenv).exists()
+
+    async def get(self, cenv: str) -> WorkerClient:
+        """The live worker of cenv, started if need be. NotFound for an unknown cenv."""
+        while True:
+            w = self._workers.get(cenv)
+            if w is not None and not w.closing and not w.exited.is_set():
+                w.last_used = trio.current_time()
+                return w
+            if self._closed:
+                raise Unavailable("the server is shutting down")
+            ev = self._starting.get(cenv)
+            if ev is not None:
+                await ev.wait()
+                if cenv not in self._workers:
+                    raise Unavailable("the cenv's worker could not start")
+                continue
+            ev = self._starting[cenv] = trio.Event()
+            try:
+                if not self.exists(cenv):
+                    raise NotFound("no such cenv")
+                old = self._stopping.get(cenv)
+                if old is not None:
+                    with trio.move_on_after(self.config.graceful_timeout + 5):
+                        await old.exited.wait()
+                    old.kill()
+                    await old.exited.wait()
+                w = await self._start(cenv)
+                self._workers[cenv] = w
+                await self._evict_over_cap()
+            finally:
+                del self._starting[cenv]
+                ev.set()
+
+    async def _start(self, cenv: str) -> WorkerClient:
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.run_dir / f"{cenv}.sock"
+        path.unlink(missing_ok=True)
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lst.bind(str(path))
+            lst.listen(128)
+            pid = await self.forkserver.spawn(cenv, lst.fileno())
+        finally:
+            lst.close()
+        pidfd = os.pidfd_open(pid)
+        self.events["started"] += 1
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                stream = await trio.open_unix_socket(str(path))
+                channel = MessageChannel(stream)
+                await channel.send(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {}))
+                hello = await channel.receive()
+            if not isinstance(hello, proto.Hello) or not isinstance(hello.info.get("secret"), bytes):
+                raise Unavailable("the worker did not greet properly")
+        except (OSError, trio.TooSlowError, trio.EndOfChannel, proto.ProtocolError, proto.BrokenChannel) as exc:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            os.close(pidfd)
+            self.events["start_failed"] += 1
+            raise Unavailable("the cenv's worker could not start") from exc
+        w = WorkerClient(cenv, pid, pidfd, channel, hello.info["secret"], self._worker_closing)
+        self.nursery.start_soon(w.run_reader)
+        self.nursery.start_soon(self._watch, w)
+        return w
+
+    async def _watch(self, w: WorkerClient) -> None:
+        """Notice the worker's exit through its pidfd (the fork server, not we, is its parent)."""
+        try:
+            await trio.lowlevel.wait_readable(w.pidfd)
+        finally:
+            w.exited.set()
+            os.close(w.pidfd)
+            if self._workers.get(w.cenv) is w:
+                del self._workers[w.cenv]
+                self.events["died"] += 1
+            if self._stopping.get(w.cenv) is w:
+                del self._stopping[w.cenv]
+            await w.aclose()
+
+    def _worker_closing(self, w: WorkerClient) -> None:
+        """The worker announced it is going away (idle or told to): retire it gracefully."""
+        if self._workers.get(w.cenv) is w:
+            self.events["idle_exit"] += 1
+            self._retire(w)
+
+    def _retire(self, w: WorkerClient) -> None:
+        if self._workers.get(w.cenv) is w:
+            del self._workers[w.cenv]
+        w.closing = True
+        self._stopping[w.cenv] = w
+        self.nursery.start_soon(self._stop_gracefully, w)
+
+    async def _stop_gracefully(self, w: WorkerClient) -> None:
+        """Let in-flight requests finish, ask the worker to shut down, close, kill if it lingers."""
+        with trio.move_on_after(self.config.graceful_timeout):
+            await w.idle.wait()
+        try:
+            with trio.move_on_after(1):
+                await w.channel.send(proto.Shutdown())
+        except (proto.BrokenChannel, trio.ClosedResourceError):
+            pass
+        await w.aclose()
+        with trio.move_on_after(self.config.graceful_timeout):
+            await w.exited.wait()
+        if not w.exited.is_set():
+            self.events["killed_linger"] += 1
+            w.kill()
+
+    def kill(self, w: WorkerClient, reason: str) -> None:
+        """Kill a worker at once (it blew the hard deadline); its in-flight requests fail."""
+        self.events[f"killed_{reason}"] += 1
+        if self._workers.get(w.cenv) is w:
+            del self._workers[w.cenv]
+        self._stopping[w.cenv] = w
+        w.kill()
+
+    async def _evict_over_cap(self) -> None:
+        while len(self._workers) > self.config.max_workers:
+            lru = min(self._workers.values(), key=lambda w: w.last_used)
+            self.events["evicted"] += 1
+            self._retire(lru)
+
+    async def aclose(self) -> None:
+        """Stop every worker gracefully (in-flight requests finish first), then return."""
+        self._closed = True
+        for w in list(self._workers.values()):
+            self._retire(w)
+        with trio.move_on_after(self.config.graceful_timeout * 2 + 2):
+            while self._stopping or self._starting:
+                for w in list(self._stopping.values()):
+                    await w.exited.wait()
+                await trio.sleep(0.01)

@@ -1,0 +1,38 @@
+"""The gateway <-> worker wire: length-prefixed msgpack frames over Unix stream sockets.
+
+Knows nothing of the rest of WCE. `framing` and `codec` are sans-IO; `channel` is the trio adapter.
+"""
+
+from .codec import decode, encode
+from .errors import (
+    BrokenChannel,
+    DecodeError,
+    EncodeError,
+    FrameTooLarge,
+    ProtocolError,
+    TornFrame,
+    UnknownKind,
+    VersionMismatch,
+)
+from .framing import MAX_FRAME, FrameDecoder, frame
+from .messages import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Closing,
+    Error,
+    Hello,
+    Message,
+    Request,
+    Response,
+    Shutdown,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+)
+
+__all__ = [
+    "MAX_FRAME", "PROTOCOL_VERSION", "BrokenChannel", "Cancel", "Closing", "DecodeError", "EncodeError",
+    "Error", "FrameDecoder", "FrameTooLarge", "Hello", "Message", "ProtocolError", "Request", "Response",
+    "Shutdown", "StreamChunk", "StreamEnd", "StreamStart", "TornFrame", "UnknownKind", "VersionMismatch",
+    "decode", "encode", "frame",
+]

@@ -1,0 +1,197 @@
+"""The closed set of messages between a gateway and a worker.
+
+Requests, responses (whole or streamed as start/chunk/end), errors, and control messages
+(Hello, Cancel, Shutdown, Closing). Every message validates its own field types, so a decoded
+message is known to be well-typed and the worker never meets a surprise deep in a handler.
+
+Conversation on one connection (the gateway speaks first):
+
+    gateway -> Hello(version, "gateway", {})      worker -> Hello(version, "worker", {pid, ...})
+    gateway -> Request(id=1) ...                  worker -> Response(id=1) | Error(id=1) |
+                                                            StreamStart(id=1) StreamChunk* StreamEnd
+    gateway -> Cancel(id)       the client of a stream went away
+    gateway -> Shutdown()       finish what is in flight, then exit when every connection closed
+    worker  -> Closing(reason)  the worker is going away (idle, shutdown); send it nothing new
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import DecodeError
+
+PROTOCOL_VERSION = 1
+
+Headers = list[tuple[str, str]]
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise DecodeError(what)
+
+
+def _check_headers(headers: Any, what: str) -> None:
+    _check(isinstance(headers, list), f"{what}: headers must be a list")
+    for pair in headers:
+        _check(
+            isinstance(pair, (list, tuple)) and len(pair) == 2
+            and isinstance(pair[0], str) and isinstance(pair[1], str),
+            f"{what}: each header must be a pair of strings",
+        )
+
+
+def _check_id(value: Any, what: str) -> None:
+    _check(type(value) is int and 0 <= value < 2**63, f"{what}: id must be a non-negative int")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message each way. `info` carries worker facts (pid, ...) back to the gateway."""
+
+    KIND: ClassVar[int] = 1
+    version: int
+    role: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(type(self.version) is int, "Hello: version must be an int")
+        _check(self.role in ("gateway", "worker"), "Hello: role must be 'gateway' or 'worker'")
+        _check(isinstance(self.info, dict), "Hello: info must be a map")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request for a cenv, already authenticated by the gateway.
+
+    `path` is the part after `/{cenv}` (always starting with '/'); `client` the caller's address;
+    `scheme` 'http' or 'https'; `identity` the verified token's claims (`sub`, `jti`, `role`, and
+    `via`: 'bearer' or 'cookie') or None for an anonymous caller.
+    """
+
+    KIND: ClassVar[int] = 2
+    id: int
+    cenv: str
+    method: str
+    path: str
+    query: str
+    headers: Headers
+    body: bytes
+    client: str
+    scheme: str
+    identity: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "Request")
+        for name in ("cenv", "method", "path", "query", "client", "scheme"):
+            _check(isinstance(getattr(self, name), str), f"Request: {name} must be a string")
+        _check(isinstance(self.body, bytes), "Request: body must be bytes")
+        _check_headers(self.headers, "Request")
+        _check(self.identity is None or isinstance(self.identity, dict), "Request: identity must be a map")
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A whole HTTP response."""
+
+    KIND: ClassVar[int] = 3
+    id: int
+    status: int
+    headers: Headers
+    body: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "Response")
+        _check(type(self.status) is int and 100 <= self.status <= 599, "Response: bad status")
+        _check_headers(self.headers, "Response")
+        _check(isinstance(self.body, bytes), "Response: body must be bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """The head of a streamed response (Server-Sent Events); chunks follow until StreamEnd."""
+
+    KIND: ClassVar[int] = 4
+    id: int
+    status: int
+    headers: Headers
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "StreamStart")
+        _check(type(self.status) is int and 100 <= self.status <= 599, "StreamStart: bad status")
+        _check_headers(self.headers, "StreamStart")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """A piece of a streamed response body."""
+
+    KIND: ClassVar[int] = 5
+    id: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "StreamChunk")
+        _check(isinstance(self.data, bytes), "StreamChunk: data must be bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The end of a streamed response."""
+
+    KIND: ClassVar[int] = 6
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "StreamEnd")
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A request failed in a way the worker could not express as an HTTP response of its own."""
+
+    KIND: ClassVar[int] = 7
+    id: int
+    code: str
+    message: str
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "Error")
+        _check(isinstance(self.code, str) and isinstance(self.message, str), "Error: code and message must be strings")
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """The gateway no longer wants the answer to request `id` (its client went away)."""
+
+    KIND: ClassVar[int] = 8
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "Cancel")
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """The gateway asks the worker to finish what is in flight and exit."""
+
+    KIND: ClassVar[int] = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """The worker is going away (`reason`: 'idle' or 'shutdown'): send it no new requests."""
+
+    KIND: ClassVar[int] = 10
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.reason, str), "Closing: reason must be a string")
+
+
+Message = Hello | Request | Response | StreamStart | StreamChunk | StreamEnd | Error | Cancel | Shutdown | Closing
+
+KINDS: dict[int, type[Message]] = {
+    cls.KIND: cls  # type: ignore[misc]
+    for cls in (Hello, Request, Response, StreamStart, StreamChunk, StreamEnd, Error, Cancel, Shutdown, Closing)
+}

@@ -1,0 +1,52 @@
+"""HTTP statuses of error codes, and the JSON error body: the one place the mapping lives.
+
+Shared by the gateway and the worker (both answer HTTP); stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+STATUS_BY_CODE: dict[str, int] = {
+    "bad_request": 400,
+    "unauthenticated": 401,
+    "invalid_credentials": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "too_large": 413,
+    "invalid": 422,
+    "rate_limited": 429,
+    "internal": 500,
+    "script_error": 500,
+    "unavailable": 503,
+    "timeout": 504,
+}
+
+JSON = "application/json"
+Headers = list[tuple[str, str]]
+
+
+def status_for(code: str) -> int:
+    """The HTTP status of an error code (500 for an unknown one)."""
+    return STATUS_BY_CODE.get(code, 500)
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def error_body(code: str, message: str) -> bytes:
+    """`{"error": {"code", "message"}}` as bytes."""
+    return json_bytes({"error": {"code": code, "message": message}})
+
+
+def error_parts(code: str, message: str, retry_after: int | None = None) -> tuple[int, Headers, bytes]:
+    """Status, headers and body of an error response."""
+    headers: Headers = [("content-type", JSON), ("cache-control", "no-store")]
+    if retry_after is not None:
+        headers.append(("retry-after", str(retry_after)))
+    return status_for(code), headers, error_body(code, message)

@@ -1,0 +1,64 @@
+"""A worker's HTTP surface: the router, and turning any outcome into exactly one response.
+
+A WceError becomes the contract's error body; anything else is logged here with its traceback
+(to the worker's stderr, never to the caller) and answered as a generic 500.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import traceback
+
+from wce import proto
+from wce.core.errors import WceError
+
+from . import auth_routes
+from .http import Call, Reply, Router, error_reply
+from .tenant import Tenant
+
+
+async def home(call: Call) -> Reply:
+    """The cenv's front page until its owner publishes a page at `/`."""
+    base = f"/{call.tenant.cenv_id}"
+    who = html.escape(call.user.username) if call.user else "not signed in"
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>WCE cenv</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:44rem;margin:3rem auto;padding:0 1rem}}
+code,pre{{background:#f4f4f4;padding:.1rem .3rem}}</style></head>
+<body><h1>This cenv is running</h1>
+<p>It has no page at <code>/</code> yet. You are {who}.</p>
+<p>Sign in through the API:</p>
+<pre>curl -X POST {html.escape(base)}/auth/login -H 'content-type: application/json' \\
+     -d '{{"username": "...", "password": "..."}}'</pre>
+<p>Then send the token as <code>Authorization: Bearer TOKEN</code>.</p>
+</body></html>
+"""
+    return Reply(200, [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")], body.encode())
+
+
+def build_router() -> Router:
+    """Every route a worker serves."""
+    router = Router()
+    router.add("GET", "/", home)
+    auth_routes.register_routes(router)
+    return router
+
+
+ROUTER = build_router()
+
+
+async def handle(tenant: Tenant, req: proto.Request) -> proto.Response:
+    """Answer one request; never raises for a request's own failure."""
+    try:
+        call = Call(tenant, req, tenant.identify(req.identity))
+        reply = await ROUTER.match(req.method, req.path)(call)
+        if req.method == "HEAD":
+            reply.body = b""
+    except WceError as exc:
+        reply = error_reply(exc)
+    except Exception:
+        print(f"wce worker {tenant.cenv_id}: unhandled error on {req.method} {req.path}", file=sys.stderr)
+        traceback.print_exc()
+        reply = error_reply(WceError("internal error"))
+    return proto.Response(req.id, reply.status, reply.headers, reply.body)

@@ -1,0 +1,106 @@
+"""What a worker handler sees of a request, and what it answers: small and HTTP-shaped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wce import proto
+from wce.core.accounts import User
+from wce.core.errors import BadRequest, MethodNotAllowed, NotFound, Unauthenticated, WceError
+from wce.responses import JSON, error_parts, json_bytes
+
+from .tenant import Tenant
+
+Headers = list[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class Reply:
+    """An HTTP answer."""
+
+    status: int = 200
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+
+
+def json_reply(value: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Reply:
+    """A JSON answer, never cached by browsers or proxies."""
+    return Reply(status, [("content-type", JSON), ("cache-control", "no-store"), *headers], json_bytes(value))
+
+
+def error_reply(exc: WceError) -> Reply:
+    """The contract's error shape for a domain error."""
+    retry = getattr(exc, "retry_after", None)
+    status, headers, body = error_parts(exc.code, exc.message, retry)
+    return Reply(status, headers, body)
+
+
+@dataclass(slots=True)
+class Call:
+    """One request inside the worker: the message, its tenant and the identified user (or None)."""
+
+    tenant: Tenant
+    req: proto.Request
+    user: User | None
+    params: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (name in lowercase)."""
+        for k, v in self.req.headers:
+            if k == name:
+                return v
+        return None
+
+    def json(self) -> Any:
+        """The body parsed as JSON; 400 if it is not."""
+        try:
+            return json.loads(self.req.body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("body must be valid JSON") from None
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object; 400 otherwise."""
+        value = self.json()
+        if not isinstance(value, dict):
+            raise BadRequest("body must be a JSON object")
+        return value
+
+    def require_user(self) -> User:
+        """The signed-in user, or 401."""
+        if self.user is None:
+            raise Unauthenticated("sign in first")
+        return self.user
+
+    @property
+    def client(self) -> str:
+        """The caller's address as the gateway saw it."""
+        return self.req.client
+
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+class Router:
+    """Exact paths to handlers per method; unknown path 404, known path with another method 405."""
+
+    def __init__(self) -> None:
+        self._routes: dict[str, dict[str, Handler]] = {}
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        """Register a handler."""
+        self._routes.setdefault(path, {})[method] = handler
+
+    def match(self, method: str, path: str) -> Handler:
+        """The handler for a request, or NotFound / MethodNotAllowed."""
+        methods = self._routes.get(path)
+        if methods is None:
+            raise NotFound("no such route")
+        handler = methods.get(method)
+        if handler is None:
+            if method == "HEAD" and "GET" in methods:
+                return methods["GET"]
+            raise MethodNotAllowed(f"{method} is not allowed here; use {', '.join(sorted(methods))}")
+        return handler

@@ -1,0 +1,56 @@
+"""The caps a worker puts on itself before it runs any tenant work.
+
+- memory: RLIMIT_AS (the fork server runs with MALLOC_ARENA_MAX=1 so threads do not each reserve
+  a 64 MiB malloc arena, which would exhaust a 256 MiB address space with a handful of threads);
+- CPU: RLIMIT_CPU's soft limit re-armed before each request to "CPU used so far + this request's
+  budget" (whole seconds: the kernel's resolution). SIGXCPU only sets a flag: raising from a signal
+  handler inside trio's machinery could corrupt it, so long-running code (Starlark) polls the flag,
+  and the gateway's hard deadline kills a worker stuck in C;
+- database size: PRAGMA max_page_count (in wce.core.db).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import signal
+from types import FrameType
+
+_cpu_exceeded = False
+
+
+def _on_xcpu(signum: int, frame: FrameType | None) -> None:
+    global _cpu_exceeded
+    _cpu_exceeded = True
+
+
+def apply_memory(memory_mb: int) -> None:
+    """Cap the address space of this process."""
+    limit = memory_mb << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit if hard == resource.RLIM_INFINITY else hard))
+
+
+def install_cpu_handler() -> None:
+    """Turn SIGXCPU into a flag (see module docstring)."""
+    signal.signal(signal.SIGXCPU, _on_xcpu)
+
+
+def arm_cpu(budget_ms: int) -> None:
+    """Allow this process `budget_ms` more CPU (rounded up to whole seconds, at least 1) before SIGXCPU."""
+    global _cpu_exceeded
+    _cpu_exceeded = False
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    used = r.ru_utime + r.ru_stime
+    soft = math.ceil(used + max(1.0, budget_ms / 1000))
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def cpu_exceeded() -> bool:
+    """True once the current budget is spent."""
+    return _cpu_exceeded

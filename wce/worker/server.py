@@ -1,0 +1,180 @@
+"""The worker's event loop: accept gateway connections, answer requests, go away when idle or told.
+
+Lifecycle: serving -> closing (idle timeout, Shutdown message or SIGTERM) -> exit once every
+gateway connection has closed (or a drain deadline passes). Closing is announced to each gateway
+with a Closing message: requests already sent are still answered, so a gateway never loses one
+to a race with the idle timer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import traceback
+
+import trio
+
+from wce import proto
+from wce.proto.channel import MessageChannel
+from wce.config import ServerConfig
+from wce.core import db
+from wce.core.ids import path_for
+
+from . import app, limits
+from .tenant import Tenant
+
+HELLO_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 30.0
+
+
+class Worker:
+    """The running state of one worker process."""
+
+    def __init__(self, tenant: Tenant, config: ServerConfig) -> None:
+        self.tenant = tenant
+        self.config = config
+        self.channels: set[MessageChannel] = set()
+        self.inflight = 0
+        self.last_active = trio.current_time()
+        self.closing: str | None = None
+        self.closing_event = trio.Event()
+        self.done = trio.Event()
+
+    async def begin_closing(self, reason: str) -> None:
+        """Stop taking connections, tell every gateway, exit when they have all gone."""
+        if self.closing:
+            return
+        self.closing = reason
+        self.closing_event.set()
+        for ch in list(self.channels):
+            try:
+                await ch.send(proto.Closing(reason))
+            except (proto.BrokenChannel, trio.ClosedResourceError):
+                pass
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.closing and not self.channels:
+            self.done.set()
+
+    async def serve_connection(self, stream: trio.SocketStream) -> None:
+        """One gateway connection: Hello, then requests until EOF."""
+        ch = MessageChannel(stream)
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                hello = await ch.receive()
+            if not isinstance(hello, proto.Hello) or hello.version != proto.PROTOCOL_VERSION:
+                await ch.send(proto.Error(0, "version_mismatch", f"this worker speaks protocol {proto.PROTOCOL_VERSION}"))
+                return
+            await ch.send(proto.Hello(proto.PROTOCOL_VERSION, "worker",
+                                      {"pid": os.getpid(), "secret": self.tenant.secret}))
+        except (trio.TooSlowError, trio.EndOfChannel, proto.ProtocolError, proto.BrokenChannel):
+            await stream.aclose()
+            return
+        self.channels.add(ch)
+        scopes: dict[int, trio.CancelScope] = {}
+        try:
+            if self.closing:
+                await ch.send(proto.Closing(self.closing))
+            async with trio.open_nursery() as nursery:
+                try:
+                    async for msg in ch:
+                        if isinstance(msg, proto.Request):
+                            scope = scopes[msg.id] = trio.CancelScope()
+                            nursery.start_soon(self.run_request, ch, msg, scope, scopes)
+                        elif isinstance(msg, proto.Cancel):
+                            if (s := scopes.get(msg.id)) is not None:
+                                s.cancel()
+                        elif isinstance(msg, proto.Shutdown):
+                            await self.begin_closing("shutdown")
+                except (proto.ProtocolError, proto.BrokenChannel) as exc:
+                    print(f"wce worker {self.tenant.cenv_id}: dropping connection: {exc}", file=sys.stderr)
+                nursery.cancel_scope.cancel()  # the gateway is gone: nobody wants these answers
+        finally:
+            self.channels.discard(ch)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            self._check_done()
+
+    async def run_request(self, ch: MessageChannel, req: proto.Request,
+                          scope: trio.CancelScope, scopes: dict[int, trio.CancelScope]) -> None:
+        """Answer one request on its channel."""
+        self.inflight += 1
+        try:
+            with scope:
+                limits.arm_cpu(int(self.tenant.settings["cpu_ms_per_request"]))
+                resp = await app.handle(self.tenant, req)
+                try:
+                    await ch.send(resp)
+                except proto.EncodeError:
+                    traceback.print_exc()
+                    await ch.send(proto.Error(req.id, "internal", "internal error"))
+        except (proto.BrokenChannel, trio.ClosedResourceError):
+            pass
+        finally:
+            scopes.pop(req.id, None)
+            self.inflight -= 1
+            self.last_active = trio.current_time()
+
+    async def watch_idle(self) -> None:
+        """Begin closing after `idle_timeout` seconds with nothing in flight."""
+        timeout = self.config.idle_timeout
+        while not self.closing:
+            await trio.sleep(min(max(timeout / 4, 0.05), 5.0))
+            if self.inflight == 0 and trio.current_time() - self.last_active >= timeout:
+                await self.begin_closing("idle")
+
+    async def watch_signals(self) -> None:
+        """SIGTERM: close gracefully, like a Shutdown message."""
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                await self.begin_closing("shutdown")
+
+
+async def serve(listen_fd: int, tenant: Tenant, config: ServerConfig) -> None:
+    """Run until closed and drained."""
+    sock = trio.socket.fromfd(listen_fd, socket.AF_UNIX, socket.SOCK_STREAM)
+    os.close(listen_fd)
+    listener = trio.SocketListener(sock)
+    worker = Worker(tenant, config)
+    async with trio.open_nursery() as nursery:
+        async def accept_until_closing() -> None:
+            with trio.CancelScope() as cs:
+                nursery.start_soon(_cancel_on, worker.closing_event, cs)
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(worker.serve_connection, stream)
+            await listener.aclose()
+
+        nursery.start_soon(accept_until_closing)
+        nursery.start_soon(worker.watch_idle)
+        nursery.start_soon(worker.watch_signals)
+        await worker.closing_event.wait()
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            await worker.done.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig) -> int:
+    """Entry point in a freshly forked child; returns the exit code."""
+    try:
+        tenant = Tenant.open(cenv_id, path_for(config.data_path, cenv_id), config)
+    except Exception:
+        print(f"wce worker {cenv_id}: cannot open the cenv", file=sys.stderr)
+        traceback.print_exc()
+        return 2
+    limits.apply_memory(int(tenant.settings["memory_mb"]))
+    limits.install_cpu_handler()
+    db.set_size_cap(tenant.conn, int(tenant.settings["max_db_mb"]))
+    try:
+        trio.run(serve, listen_fd, tenant, config)
+    finally:
+        tenant.close()
+    return 0

@@ -1,0 +1,64 @@
+"""Tenant: everything a worker holds for its one cenv (connection, secret, settings, throttles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from wce.config import ServerConfig
+from wce.core import accounts, cenv, db, schema, settings
+from wce.core.errors import Unauthenticated
+from wce.core.throttle import SlidingWindow
+
+# Failed logins: per client address and per username, in a 15-minute window.
+LOGIN_FAILURES_PER_IP = 30
+LOGIN_FAILURES_PER_USER = 10
+LOGIN_WINDOW = 900.0
+
+
+class Tenant:
+    """One cenv, open. Used from one thread at a time (the worker's trio thread)."""
+
+    def __init__(self, cenv_id: str, path: Path, conn: apsw.Connection, config: ServerConfig) -> None:
+        self.cenv_id = cenv_id
+        self.path = path
+        self.conn = conn
+        self.config = config
+        self.secret = cenv.secret(conn)
+        self.settings: dict[str, Any] = settings.read(conn, config.cenv_defaults())
+        self.failed_by_ip = SlidingWindow(LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
+        self.failed_by_user = SlidingWindow(LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
+
+    @classmethod
+    def open(cls, cenv_id: str, path: Path, config: ServerConfig) -> Tenant:
+        """Open an existing cenv file and bring its schema up to date."""
+        if not path.exists():
+            raise FileNotFoundError(cenv_id)
+        conn = db.connect(str(path))
+        schema.migrate(conn)
+        return cls(cenv_id, path, conn, config)
+
+    def identify(self, identity: dict[str, Any] | None) -> accounts.User | None:
+        """The user behind the gateway's verified claims, if their session is still live.
+
+        A dead session presented as a bearer token is an error (401); as a cookie it just means
+        "signed out", so a stale cookie never locks a browser out of the login form.
+        """
+        if identity is None:
+            return None
+        try:
+            user = accounts.resolve_session(self.conn, int(identity["sub"]), str(identity["jti"]))
+        except (KeyError, TypeError, ValueError):
+            user = None
+        if user is None and identity.get("via") == "bearer":
+            raise Unauthenticated("session expired or revoked")
+        return user
+
+    def close(self) -> None:
+        """Checkpoint and close the file."""
+        try:
+            self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        finally:
+            self.conn.close()
