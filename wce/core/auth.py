@@ -18,7 +18,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .errors import BadRequest, Unauthenticated
+from .errors import BadRequest, Unauthenticated, Unavailable
 
 ISSUER = "wce"
 MAX_TOKEN_BYTES = 4096
@@ -59,11 +59,17 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
-    """True if the password matches; a None hash (unknown user) costs the same and fails."""
+    """True if the password matches; a None hash (unknown user) costs the same and fails.
+
+    A failure to compute (e.g. out of memory under the worker's cap) raises Unavailable: it must
+    never look like a wrong password.
+    """
     try:
         return _hasher.verify(password_hash or _dummy(), password) and password_hash is not None
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+    except (VerifyMismatchError, InvalidHashError):
         return False
+    except VerificationError as exc:
+        raise Unavailable("cannot check passwords right now; try again") from exc
 
 
 def needs_rehash(password_hash: str) -> bool:

@@ -31,8 +31,14 @@ DROPPED_HEADERS = frozenset({"authorization", "cookie"})
 
 
 async def send_error(send: Send, exc: WceError) -> None:
-    """Answer with the contract's error body."""
+    """Answer with the contract's error body.
+
+    A 413 is sent before the body is read, so the connection is closed after it: the unread rest
+    of the body would otherwise be taken for the next request (or stall the client's upload).
+    """
     status, headers, body = error_parts(exc.code, exc.message, getattr(exc, "retry_after", None))
+    if isinstance(exc, TooLarge):
+        headers.append(("connection", "close"))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(k.encode(), v.encode()) for k, v in headers]})
     await send({"type": "http.response.body", "body": body})
@@ -64,6 +70,20 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not msg.get("more_body", False):
             return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive callable that yields an already-read body, then defers to the real one."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]:
@@ -103,6 +123,18 @@ class Gateway:
                     return
                 await self.forward(scope, receive, send, seg, path[27:])
                 return
+            # Platform routes get the same body limit, enforced here so that every 413 is the same
+            # answer and closes the connection (the unread rest of a body must never be parsed as
+            # the next request).
+            try:
+                body = await read_body(scope, receive, self.config.max_body)
+            except _Disconnected:
+                return
+            except WceError as exc:
+                await send_error(send, exc)
+                return
+            await self.platform(scope, _replay(body, receive), send)
+            return
         await self.platform(scope, receive, send)
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, cenv: str, rest: str) -> None:

@@ -1,0 +1,33 @@
+"""Fixtures: one real server for the whole session (most tests), a fresh one where a test kills things."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support import Server, processes_mentioning, start_server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("shared"), "--idle-timeout", "600")
+    yield srv
+    srv.stop()
+    assert processes_mentioning(str(srv.data)) == []
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path)
+    yield srv
+    srv.stop()
+    assert processes_mentioning(str(srv.data)) == []
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        yield c

@@ -1,0 +1,161 @@
+"""Helpers shared by the tests: a real server in a subprocess, and process inspection."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            out.append(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains text (the data folder identifies one server's processes)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes() and alive(int(entry)):
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+@dataclass
+class Server:
+    """A real `wce serve` (gateway + fork server + workers) on a free port and a temp data folder."""
+
+    proc: subprocess.Popen[str]
+    url: str
+    data: Path
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def forkserver(self) -> int:
+        kids = [p for p in children(self.proc.pid) if alive(p)]
+        assert len(kids) == 1, kids
+        return kids[0]
+
+    def workers(self) -> list[int]:
+        """Live worker pids (children of the fork server)."""
+        return [p for p in children(self.forkserver) if alive(p)]
+
+    def wait_workers(self, n: int, timeout: float = 10) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            w = self.workers()
+            if len(w) == n or time.monotonic() > deadline:
+                return w
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return code
+
+
+def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """Start a server and wait until it listens."""
+    data = tmp / "data"
+    cmd = [sys.executable, "-m", "wce", "--data", str(data), "serve", "--port", "0", "--new-per-hour", "10000", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"wce: listening on (http://\S+)", line)
+        if m:
+            srv = Server(proc, m.group(1), data, lines)
+            # keep draining output so the server never blocks on a full pipe
+            import threading
+
+            threading.Thread(target=lambda: [srv.log.append(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+            return srv
+    proc.kill()
+    raise RuntimeError("server did not start:\n" + "".join(lines))
+
+
+async def new_cenv(client: httpx.AsyncClient, username: str = "admin", password: str = "correct horse") -> str:
+    """Create a cenv through the public route; its id."""
+    r = await client.post("/new", json={"username": username, "password": password})
+    assert r.status_code == 201, r.text
+    return str(r.json()["cenv"])
+
+
+async def login(client: httpx.AsyncClient, cenv: str, username: str = "admin", password: str = "correct horse") -> str:
+    """A bearer token."""
+    r = await client.post(f"/{cenv}/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return str(r.json()["token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def sql(data: Path, cenv: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read (or write) a cenv file directly, as an operator would with sqlite3."""
+    import apsw
+
+    conn = apsw.Connection(str(data / f"{cenv}.sqlite"))
+    conn.set_busy_timeout(5000)
+    try:
+        return list(conn.execute(query, args))
+    finally:
+        conn.close()
+
+
+def assert_safe_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """The contract's error shape, with nothing internal in it."""
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    if code:
+        assert body["error"]["code"] == code, body
+    text = json.dumps(body)
+    for leak in ("Traceback", "/work", "/tmp", ".py", "$argon2", "jwt_secret"):
+        assert leak not in text, text
+    return body
