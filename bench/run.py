@@ -1,0 +1,177 @@
+"""WCE benchmarks, as ratios within one run on this machine.
+
+    python bench/run.py [--seconds 5] [--rounds 3]
+
+Measures (medians of `rounds`):
+  * cold start: an idle cenv's first request answered (GET /{cenv}/ through a freshly forked worker)
+  * GET /{cenv}/auth/me with a bearer token: req/s and server CPU µs per request (gateway + worker)
+  * the same GET against a bare ASGI app under hypercorn -k trio (the ceiling of our stack)
+The server runs on CPU 0, wrk on CPU 1 (taskset), keep-alive, 32 connections. Needs `wrk`
+(Debian: apt-get install wrk). Results go to stdout and bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user+sys) of a process and all its descendants, live ones only."""
+    total = 0.0
+    tck = os.sysconf("SC_CLK_TCK")
+    todo = [pid]
+    seen = set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tck
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == p:
+                        todo.append(int(entry))
+                except OSError:
+                    pass
+    return total
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def wrk(url: str, seconds: int, headers: dict[str, str]) -> float:
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "--timeout", "5s", url]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+def measure(pid: int, url: str, seconds: int, headers: dict[str, str]) -> tuple[float, float]:
+    """req/s and server CPU µs per request."""
+    c0 = tree_cpu(pid)
+    rps = wrk(url, seconds, headers)
+    cpu = tree_cpu(pid) - c0
+    return rps, cpu / (rps * seconds) * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cold", type=int, default=20, help="cenvs for the cold-start figure")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk is missing (Debian: apt-get install wrk)")
+
+    tmp = Path(tempfile.mkdtemp(prefix="wce-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        wport, bport = free_port(), free_port()
+        wce = subprocess.Popen(["taskset", "-c", "0", PY, "-m", "wce", "--data", str(tmp / "data"), "serve",
+                                "--port", str(wport), "--new-per-hour", "100000"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(wce)
+        bare = subprocess.Popen(["taskset", "-c", "0", PY, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{bport}",
+                                 "bench.apps.bare_asgi:app"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(bare)
+        wait_port(wport)
+        wait_port(bport)
+        base = f"http://127.0.0.1:{wport}"
+
+        # cold start: create cenvs (creation does not start a worker), then time each first request
+        cold = []
+        with httpx.Client(base_url=base, timeout=30) as c:
+            ids = [c.post("/new", json={"username": "admin", "password": "bench password"}).json()["cenv"]
+                   for _ in range(args.cold)]
+            time.sleep(0.5)
+            for cid in ids:
+                t0 = time.perf_counter()
+                r = c.get(f"/{cid}/")
+                cold.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200
+            cenv = ids[0]
+            token = c.post(f"/{cenv}/auth/login", json={"username": "admin", "password": "bench password"}).json()["token"]
+            # warm: the same request on a live worker, for the hop's own latency
+            warm = []
+            for _ in range(200):
+                t0 = time.perf_counter()
+                c.get(f"/{cenv}/auth/me", headers={"authorization": f"Bearer {token}"})
+                warm.append((time.perf_counter() - t0) * 1000)
+
+        auth = {"authorization": f"Bearer {token}"}
+        wrk(f"{base}/{cenv}/auth/me", 2, auth)  # warm up
+        wrk(f"http://127.0.0.1:{bport}/", 2, {})
+        me, ref = [], []
+        for _ in range(args.rounds):
+            me.append(measure(wce.pid, f"{base}/{cenv}/auth/me", args.seconds, auth))
+            ref.append(measure(bare.pid, f"http://127.0.0.1:{bport}/", args.seconds, {}))
+        med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+        result = {
+            "cold_start_ms_median": round(statistics.median(cold), 1),
+            "cold_start_ms_max": round(max(cold), 1),
+            "warm_auth_me_ms_median_conc1": round(statistics.median(warm), 2),
+            "auth_me_rps": round(med(me, 0)),
+            "auth_me_cpu_us_per_req": round(med(me, 1)),
+            "bare_hypercorn_trio_rps": round(med(ref, 0)),
+            "bare_hypercorn_trio_cpu_us_per_req": round(med(ref, 1)),
+        }
+        result["ratio_auth_me_to_bare"] = round(result["auth_me_rps"] / result["bare_hypercorn_trio_rps"], 2)
+        print(json.dumps(result, indent=2))
+        out = ROOT / "bench" / "results"
+        out.mkdir(exist_ok=True)
+        (out / "latest.json").write_text(json.dumps(result, indent=2))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
