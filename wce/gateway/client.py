@@ -79,7 +79,7 @@ class WorkerClient:
     """A live worker as the gateway sees it."""
 
     def __init__(self, cenv: str, pid: int, pidfd: int, channel: MessageChannel, secret: bytes,
-                 on_closing: Callable[[WorkerClient], None]) -> None:
+                 on_closing: Callable[[WorkerClient], None], on_lost: Callable[[WorkerClient], None]) -> None:
         self.cenv = cenv
         self.pid = pid
         self.pidfd = pidfd
@@ -91,6 +91,7 @@ class WorkerClient:
         self.idle = trio.Event()
         self.idle.set()
         self._on_closing = on_closing
+        self._on_lost = on_lost
         self._next_id = 1
         self._waiters: dict[int, trio.MemorySendChannel[Any]] = {}
 
@@ -143,6 +144,7 @@ class WorkerClient:
         finally:
             for req_id in list(self._waiters):
                 self._forget(req_id)
+            self._on_lost(self)
 
     async def aclose(self) -> None:
         """Close the connection (the worker exits once all its gateways have closed)."""

@@ -120,7 +120,8 @@ class Supervisor:
             os.close(pidfd)
             self.events["start_failed"] += 1
             raise Unavailable("the cenv's worker could not start") from exc
-        w = WorkerClient(cenv, pid, pidfd, channel, hello.info["secret"], self._worker_closing)
+        w = WorkerClient(cenv, pid, pidfd, channel, hello.info["secret"], self._worker_closing,
+                         self._connection_lost)
         self.nursery.start_soon(w.run_reader)
         self.nursery.start_soon(self._watch, w)
         return w
@@ -144,6 +145,12 @@ class Supervisor:
         if self._workers.get(w.cenv) is w:
             self.events["idle_exit"] += 1
             self._retire(w)
+
+    def _connection_lost(self, w: WorkerClient) -> None:
+        """Our connection to a registered worker ended (it died, or spoke garbage): its state is
+        unknown, so it is killed; the next request starts a new one."""
+        if self._workers.get(w.cenv) is w:
+            self.kill(w, "connection_lost")
 
     def _retire(self, w: WorkerClient) -> None:
         if self._workers.get(w.cenv) is w:

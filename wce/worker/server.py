@@ -67,6 +67,7 @@ class Worker:
                 hello = await ch.receive()
             if not isinstance(hello, proto.Hello) or hello.version != proto.PROTOCOL_VERSION:
                 await ch.send(proto.Error(0, "version_mismatch", f"this worker speaks protocol {proto.PROTOCOL_VERSION}"))
+                await stream.aclose()
                 return
             await ch.send(proto.Hello(proto.PROTOCOL_VERSION, "worker",
                                       {"pid": os.getpid(), "secret": self.tenant.secret}))

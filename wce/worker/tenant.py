@@ -38,6 +38,7 @@ class Tenant:
             raise FileNotFoundError(cenv_id)
         conn = db.connect(str(path))
         schema.migrate(conn)
+        accounts.purge_expired_sessions(conn)
         return cls(cenv_id, path, conn, config)
 
     def identify(self, identity: dict[str, Any] | None) -> accounts.User | None:
