@@ -1,0 +1,162 @@
+"""The SQLite authorizer that fences tenant-written SQL away from the `_wce_` tables.
+
+One Guard is installed permanently on a worker's connection (re-installing an authorizer would
+expire apsw's statement cache). Our own SQL runs in TRUSTED mode. SQL that contains anything a
+tenant wrote (page queries, row-policy expressions, filters built into a statement, script
+queries) runs in READ mode (SELECT only) or DATA mode (also INSERT/UPDATE/DELETE of tenant tables),
+and in both modes every access to a `_wce_` table is denied, directly, through a view, a subquery
+or a trigger, as are PRAGMA, ATTACH, DDL and transaction control.
+
+SQLite consults the authorizer only when a statement is prepared, and apsw caches prepared
+statements by their text. So untrusted SQL is always prefixed with a marker naming its mode and
+scope (`/*wce:read:user*/`): a statement prepared under one mode can only ever be found again in
+the cache under the same mode, and never by our own trusted SQL text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import apsw
+
+from .errors import Forbidden, Invalid
+
+
+class Mode(enum.Enum):
+    """What SQL may do."""
+
+    TRUSTED = "trusted"
+    READ = "read"
+    DATA = "data"
+
+
+_ROW_OPS = {apsw.SQLITE_READ: "read", apsw.SQLITE_INSERT: "insert", apsw.SQLITE_UPDATE: "update",
+            apsw.SQLITE_DELETE: "delete"}
+_ALWAYS_OK = {apsw.SQLITE_SELECT, apsw.SQLITE_RECURSIVE}
+_BANNED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "sqlite_offset"})
+
+
+def is_internal(table: str) -> bool:
+    """True for tables no tenant SQL may touch."""
+    return table.lower().startswith("_wce_")
+
+
+class Guard:
+    """The connection's authorizer, switched between modes by context managers."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        self.mode = Mode.TRUSTED
+        self.table_filter: Callable[[str, str], bool] | None = None
+        self.denied: str | None = None
+        conn.authorizer = self._authorize
+
+    def _authorize(self, op: int, p1: str | None, p2: str | None, dbname: str | None,
+                   trigger_or_view: str | None) -> int:
+        mode = self.mode
+        if mode is Mode.TRUSTED:
+            return apsw.SQLITE_OK
+        action = _ROW_OPS.get(op)
+        if action is not None:
+            table = p1 or ""
+            if is_internal(table):
+                return self._deny(f"access to {table} is not allowed")
+            if action != "read" and mode is Mode.READ:
+                return self._deny("this SQL may only read")
+            if self.table_filter is not None and table and not self.table_filter(table, action):
+                return self._deny(f"no {action} access to {table}")
+            return apsw.SQLITE_OK
+        if op in _ALWAYS_OK:
+            return apsw.SQLITE_OK
+        if op == apsw.SQLITE_FUNCTION:
+            if (p2 or "").lower() in _BANNED_FUNCTIONS:
+                return self._deny(f"function {p2} is not allowed")
+            return apsw.SQLITE_OK
+        return self._deny(f"{apsw.mapping_authorizer_function.get(op, op)} is not allowed here")
+
+    def _deny(self, why: str) -> int:
+        self.denied = why
+        return apsw.SQLITE_DENY
+
+    @contextlib.contextmanager
+    def untrusted(self, mode: Mode, table_filter: Callable[[str, str], bool] | None = None) -> Iterator[None]:
+        """Run the block's statement preparations under `mode` (and an optional per-table check)."""
+        prev = self.mode, self.table_filter
+        self.mode, self.table_filter, self.denied = mode, table_filter, None
+        try:
+            yield
+        finally:
+            self.mode, self.table_filter = prev
+
+
+def marked(sql: str, mode: Mode, scope: str = "") -> str:
+    """The statement text as it must be executed under mode (see module docstring)."""
+    return f"/*wce:{mode.value}:{scope}*/ {sql}"
+
+
+def run(guard: Guard, mode: Mode, sql: str, params: Sequence[Any] | dict[str, Any] = (), *, scope: str = "",
+        table_filter: Callable[[str, str], bool] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Execute tenant SQL under mode; return column names and all rows.
+
+    A statement the authorizer refused raises Forbidden with the reason; any other SQLite
+    complaint about the SQL raises Invalid with SQLite's message (safe: it names only what the
+    tenant wrote).
+    """
+    conn = guard.conn
+    with guard.untrusted(mode, table_filter):
+        try:
+            cur = conn.execute(marked(sql, mode, scope), params)
+            try:
+                cols = [d[0] for d in cur.get_description()]
+            except apsw.ExecutionCompleteError:
+                return [], []
+            return cols, cur.fetchall()
+        except apsw.AuthError:
+            raise Forbidden(guard.denied or "not allowed") from None
+        except (apsw.SQLError, apsw.MismatchError, apsw.RangeError, apsw.BindingsError) as exc:
+            if guard.denied:
+                raise Forbidden(guard.denied) from None
+            raise Invalid(_clean(exc)) from None
+
+
+def check(guard: Guard, mode: Mode, sql: str, *, scope: str = "validate",
+          table_filter: Callable[[str, str], bool] | None = None) -> None:
+    """Prepare (without running) tenant SQL under mode: Forbidden or Invalid if it cannot run."""
+    import apsw.ext
+
+    with guard.untrusted(mode, table_filter):
+        try:
+            info = apsw.ext.query_info(guard.conn, marked(sql, mode, scope))
+        except apsw.AuthError:
+            raise Forbidden(guard.denied or "not allowed") from None
+        except (apsw.SQLError, apsw.BindingsError) as exc:
+            if guard.denied:
+                raise Forbidden(guard.denied) from None
+            raise Invalid(_clean(exc)) from None
+    if info.query_remaining and info.query_remaining.strip(" \t\r\n;"):
+        raise Invalid("only one statement is allowed")
+
+
+def _clean(exc: BaseException) -> str:
+    msg = str(exc)
+    for prefix in ("SQLError: ", "Error: "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    return msg[:500]
+
+
+def tables_read(conn: apsw.Connection, sql: str) -> frozenset[str]:
+    """Every table a read-only statement reads, through views too (for render-on-write).
+
+    Prepared with a fresh authorizer-free inspection (apsw.ext.query_info), so it is exact even
+    when the statement itself comes from the cache.
+    """
+    import apsw.ext
+
+    info = apsw.ext.query_info(conn, sql, actions=True)
+    return frozenset(
+        a.table_name for a in (info.actions or ()) if a.action == apsw.SQLITE_READ and a.table_name
+    )
