@@ -9,6 +9,7 @@ import apsw
 
 from wce.config import ServerConfig
 from wce.core import accounts, cenv, db, schema, settings, sqlguard
+from wce.core.permissions import Access
 from wce.core.errors import Unauthenticated
 from wce.core.throttle import SlidingWindow
 
@@ -28,6 +29,7 @@ class Tenant:
         self.config = config
         self.secret = cenv.secret(conn)
         self.guard = sqlguard.Guard(conn)
+        self.access = Access(conn, self.guard)
         self.settings: dict[str, Any] = settings.read(conn, config.cenv_defaults())
         self.failed_by_ip = SlidingWindow(LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
         self.failed_by_user = SlidingWindow(LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
