@@ -31,6 +31,7 @@ class Mode(enum.Enum):
     TRUSTED = "trusted"
     READ = "read"
     DATA = "data"
+    DDL = "ddl"  # one CREATE TABLE / CREATE INDEX of a tenant table
 
 
 _ROW_OPS = {apsw.SQLITE_READ: "read", apsw.SQLITE_INSERT: "insert", apsw.SQLITE_UPDATE: "update",
@@ -59,6 +60,8 @@ class Guard:
         mode = self.mode
         if mode is Mode.TRUSTED:
             return apsw.SQLITE_OK
+        if mode is Mode.DDL:
+            return self._authorize_ddl(op, p1, p2)
         action = _ROW_OPS.get(op)
         if action is not None:
             table = p1 or ""
@@ -76,6 +79,29 @@ class Guard:
                 return self._deny(f"function {p2} is not allowed")
             return apsw.SQLITE_OK
         return self._deny(f"{apsw.mapping_authorizer_function.get(op, op)} is not allowed here")
+
+    def _authorize_ddl(self, op: int, p1: str | None, p2: str | None) -> int:
+        if op == apsw.SQLITE_CREATE_TABLE:
+            return self._deny_reserved(p1) or apsw.SQLITE_OK
+        if op == apsw.SQLITE_CREATE_INDEX:
+            return self._deny_reserved(p1) or self._deny_reserved(p2) or apsw.SQLITE_OK
+        if op == apsw.SQLITE_REINDEX:  # SQLite fills a new index this way
+            return self._deny_reserved(p1) or apsw.SQLITE_OK
+        if op in _ROW_OPS:
+            table = (p1 or "").lower()
+            if table in ("sqlite_master", "sqlite_schema"):
+                return apsw.SQLITE_OK  # SQLite's own bookkeeping of the new object
+            if op == apsw.SQLITE_READ and not is_internal(table) and not table.startswith("sqlite_"):
+                return apsw.SQLITE_OK
+            return self._deny(f"DDL may not touch {p1}")
+        if op in _ALWAYS_OK or (op == apsw.SQLITE_FUNCTION and (p2 or "").lower() not in _BANNED_FUNCTIONS):
+            return apsw.SQLITE_OK
+        return self._deny("only CREATE TABLE and CREATE INDEX are allowed")
+
+    def _deny_reserved(self, name: str | None) -> int:
+        if name and (is_internal(name) or name.lower().startswith("sqlite_")):
+            return self._deny(f"names starting with _wce_ or sqlite_ are reserved: {name}")
+        return 0
 
     def _deny(self, why: str) -> int:
         self.denied = why

@@ -51,8 +51,9 @@ ROUTER = build_router()
 async def handle(tenant: Tenant, req: proto.Request) -> proto.Response:
     """Answer one request; never raises for a request's own failure."""
     try:
-        call = Call(tenant, req, tenant.identify(req.identity))
-        reply = await ROUTER.match(req.method, req.path)(call)
+        handler, params = ROUTER.match(req.method, req.path)
+        call = Call(tenant, req, tenant.identify(req.identity), params)
+        reply = await handler(call)
         if req.method == "HEAD":
             reply.body = b""
     except WceError as exc:

@@ -84,23 +84,55 @@ Handler = Callable[[Call], Awaitable[Reply]]
 
 
 class Router:
-    """Exact paths to handlers per method; unknown path 404, known path with another method 405."""
+    """Routes by method and path: exact paths first, then patterns with `{name}` segments in the
+    order they were added. Unknown path 404; known path with another method 405."""
 
     def __init__(self) -> None:
-        self._routes: dict[str, dict[str, Handler]] = {}
+        self._exact: dict[str, dict[str, Handler]] = {}
+        self._patterns: list[tuple[tuple[str, ...], dict[str, Handler]]] = []
 
     def add(self, method: str, path: str, handler: Handler) -> None:
-        """Register a handler."""
-        self._routes.setdefault(path, {})[method] = handler
+        """Register a handler; `{name}` segments match one non-empty path segment."""
+        if "{" not in path:
+            self._exact.setdefault(path, {})[method] = handler
+            return
+        parts = tuple(path.strip("/").split("/"))
+        for existing, methods in self._patterns:
+            if existing == parts:
+                methods[method] = handler
+                return
+        self._patterns.append((parts, {method: handler}))
 
-    def match(self, method: str, path: str) -> Handler:
-        """The handler for a request, or NotFound / MethodNotAllowed."""
-        methods = self._routes.get(path)
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """The handler for a request and its path parameters, or NotFound / MethodNotAllowed."""
+        methods = self._exact.get(path)
+        params: dict[str, str] = {}
+        if methods is None:
+            segs = path.strip("/").split("/")
+            for parts, candidate in self._patterns:
+                if len(parts) == len(segs):
+                    got = _bind(parts, segs)
+                    if got is not None:
+                        methods, params = candidate, got
+                        break
         if methods is None:
             raise NotFound("no such route")
         handler = methods.get(method)
         if handler is None:
             if method == "HEAD" and "GET" in methods:
-                return methods["GET"]
+                return methods["GET"], params
             raise MethodNotAllowed(f"{method} is not allowed here; use {', '.join(sorted(methods))}")
-        return handler
+        return handler, params
+
+
+def _bind(parts: tuple[str, ...], segs: list[str]) -> dict[str, str] | None:
+    """Path parameters if segs fit the pattern (the gateway passes the path already decoded)."""
+    params: dict[str, str] = {}
+    for p, s in zip(parts, segs, strict=True):
+        if p.startswith("{") and p.endswith("}"):
+            if not s:
+                return None
+            params[p[1:-1]] = s
+        elif p != s:
+            return None
+    return params
