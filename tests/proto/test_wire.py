@@ -32,6 +32,7 @@ ALL = [
     proto.Cancel(4),
     proto.Shutdown(),
     proto.Closing("idle"),
+    proto.Notice("settings", {"rate_limit_per_minute": 60}),
 ]
 
 

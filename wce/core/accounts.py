@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import apsw
 
 from . import audit, auth
 from .db import transaction
-from .errors import Conflict
+from .errors import Conflict, NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +134,69 @@ def purge_expired_sessions(conn: apsw.Connection, older_than: float = 86400) -> 
             (cutoff, cutoff),
         )
         return conn.changes()
+
+
+USER_FIELDS = "id, username, role, disabled, created_at, updated_at"
+
+
+def _user_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    return {"id": r[0], "username": r[1], "role": r[2], "disabled": bool(r[3]), "created_at": r[4], "updated_at": r[5]}
+
+
+def list_users(conn: apsw.Connection) -> list[dict[str, Any]]:
+    """Every user, without hashes."""
+    return [_user_row(r) for r in conn.execute(f"SELECT {USER_FIELDS} FROM _wce_users ORDER BY id")]
+
+
+def get_user(conn: apsw.Connection, user_id: int) -> dict[str, Any]:
+    """One user, without the hash; NotFound if absent."""
+    r = conn.execute(f"SELECT {USER_FIELDS} FROM _wce_users WHERE id = ?", (user_id,)).fetchone()
+    if r is None:
+        raise NotFound("no such user")
+    return _user_row(r)
+
+
+def _other_active_admins(conn: apsw.Connection, user_id: int) -> int:
+    return int(conn.execute(
+        "SELECT count(*) FROM _wce_users WHERE role = 'admin' AND disabled = 0 AND id != ?", (user_id,)).fetchone()[0])
+
+
+def update_user(conn: apsw.Connection, user_id: int, *, role: str | None, disabled: bool | None,
+                password_hash: str | None, actor: str, ip: str | None) -> dict[str, Any]:
+    """Admin change of role, disabled flag or password; the last admin stays an enabled admin.
+
+    Disabling a user or resetting their password revokes their sessions.
+    """
+    now = time.time()
+    with transaction(conn):
+        before = get_user(conn, user_id)
+        if before["role"] == "admin" and not before["disabled"] and (
+            (role is not None and role != "admin") or disabled
+        ) and _other_active_admins(conn, user_id) == 0:
+            raise Conflict("the last admin cannot be demoted or disabled")
+        changed = []
+        if role is not None and role != before["role"]:
+            conn.execute("UPDATE _wce_users SET role = ?, updated_at = ? WHERE id = ?", (role, now, user_id))
+            changed.append("role")
+        if disabled is not None and disabled != before["disabled"]:
+            conn.execute("UPDATE _wce_users SET disabled = ?, updated_at = ? WHERE id = ?", (int(disabled), now, user_id))
+            changed.append("disabled")
+        if password_hash is not None:
+            conn.execute("UPDATE _wce_users SET password_hash = ?, updated_at = ? WHERE id = ?", (password_hash, now, user_id))
+            changed.append("password")
+        if disabled or password_hash is not None or "role" in changed:
+            conn.execute("UPDATE _wce_sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user_id))
+        audit.record(conn, "user.update", actor=actor, target=f"user:{user_id}",
+                     detail={"changed": changed, **({"role": role} if "role" in changed else {})}, ip=ip)
+        return get_user(conn, user_id)
+
+
+def delete_user(conn: apsw.Connection, user_id: int, *, actor: str, ip: str | None) -> None:
+    """Remove a user and (by cascade) their sessions; never the last admin."""
+    with transaction(conn):
+        before = get_user(conn, user_id)
+        if before["role"] == "admin" and not before["disabled"] and _other_active_admins(conn, user_id) == 0:
+            raise Conflict("the last admin cannot be removed")
+        conn.execute("DELETE FROM _wce_users WHERE id = ?", (user_id,))
+        audit.record(conn, "user.delete", actor=actor, target=f"user:{user_id}",
+                     detail={"username": before["username"]}, ip=ip)

@@ -16,3 +16,18 @@ def record(conn: apsw.Connection, action: str, *, actor: str | None = None, targ
         "INSERT INTO _wce_audit_log(ts, actor, action, target, detail, ip) VALUES (?, ?, ?, ?, ?, ?)",
         (time.time(), actor, action, target, json.dumps(detail, separators=(",", ":")) if detail else None, ip),
     )
+
+
+def page(conn: apsw.Connection, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
+    """Audit entries newest first, `before` an entry id to continue from."""
+    sql = "SELECT id, ts, actor, action, target, detail, ip FROM _wce_audit_log"
+    args: tuple[Any, ...] = ()
+    if before is not None:
+        sql += " WHERE id < ?"
+        args = (before,)
+    sql += " ORDER BY id DESC LIMIT ?"
+    return [
+        {"id": i, "ts": ts, "actor": actor, "action": action, "target": target,
+         "detail": json.loads(detail) if detail else None, "ip": ip}
+        for i, ts, actor, action, target, detail, ip in conn.execute(sql, (*args, limit))
+    ]

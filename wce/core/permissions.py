@@ -21,7 +21,7 @@ from typing import Any
 import apsw
 
 from . import sqlguard
-from .errors import Invalid
+from .errors import BadRequest, Invalid
 
 ACTIONS = ("select", "insert", "update", "delete")
 POLICY_ACTIONS = (*ACTIONS, "all")
@@ -179,3 +179,96 @@ def _balanced(expr: str) -> None:
         i += 1
     if depth:
         raise Invalid("unbalanced '(' in policy expression")
+
+
+def read_grants(conn: apsw.Connection, table: str) -> dict[str, dict[str, bool]]:
+    """`{"roles": {role: {action: bool}}}` body of `GET permissions/{table}` (without the wrapper)."""
+    return {
+        role: {"select": bool(s), "insert": bool(i), "update": bool(u), "delete": bool(d)}
+        for role, s, i, u, d in conn.execute(
+            "SELECT role, can_select, can_insert, can_update, can_delete FROM _wce_table_permissions"
+            " WHERE table_name = ? ORDER BY role", (table,))
+    }
+
+
+ROLE_RE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def check_role(role: object, *, allow_admin: bool = True, allow_anon: bool = True) -> str:
+    """A role name: 1-32 of lowercase letters, digits, '_' or '-'."""
+    if not isinstance(role, str) or not 0 < len(role) <= 32 or not set(role) <= ROLE_RE_CHARS:
+        raise BadRequest("a role is 1-32 lowercase letters, digits, '_' or '-'")
+    if (role == "admin" and not allow_admin) or (role == "anon" and not allow_anon):
+        raise BadRequest(f"role {role!r} is not allowed here")
+    return role
+
+
+def parse_grants(body: Any) -> dict[str, dict[str, bool]]:
+    """Validate a `PUT permissions/{table}` body: `{"roles": {role: {action: bool}}}`."""
+    if not isinstance(body, dict) or not isinstance(body.get("roles"), dict):
+        raise BadRequest('body must be {"roles": {ROLE: {"select": bool, ...}}}')
+    out = {}
+    for role, acts in body["roles"].items():
+        check_role(role)
+        if role == "admin":
+            raise BadRequest("admin may do everything; it has no grants to set")
+        if not isinstance(acts, dict) or not set(acts) <= set(ACTIONS) or not all(isinstance(v, bool) for v in acts.values()):
+            raise BadRequest(f"grants of {role} must map select/insert/update/delete to true or false")
+        out[role] = {a: bool(acts.get(a, False)) for a in ACTIONS}
+    return out
+
+
+def write_grants(conn: apsw.Connection, table: str, grants: dict[str, dict[str, bool]]) -> None:
+    """Replace every grant of a table."""
+    conn.execute("DELETE FROM _wce_table_permissions WHERE table_name = ?", (table,))
+    conn.executemany(
+        "INSERT INTO _wce_table_permissions(table_name, role, can_select, can_insert, can_update, can_delete)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(table, role, g["select"], g["insert"], g["update"], g["delete"]) for role, g in grants.items()],
+    )
+
+
+def read_policies(conn: apsw.Connection, table: str) -> list[dict[str, Any]]:
+    """The policies of a table, in the contract's shape."""
+    return [
+        {"role": role, "action": action, "using": using, "check": check}
+        for role, action, using, check in conn.execute(
+            "SELECT role, action, using_expr, check_expr FROM _wce_row_policies WHERE table_name = ? ORDER BY id",
+            (table,))
+    ]
+
+
+def parse_policies(guard: sqlguard.Guard, table: str, body: Any) -> list[tuple[str, str, str | None, str | None]]:
+    """Validate a `PUT policies/{table}` body (a list); every expression is checked under the guard."""
+    if not isinstance(body, list):
+        raise BadRequest('body must be a list of {"role", "action", "using", "check"}')
+    if len(body) > 100:
+        raise BadRequest("at most 100 policies per table")
+    out = []
+    for p in body:
+        if not isinstance(p, dict) or not set(p) <= {"role", "action", "using", "check"}:
+            raise BadRequest('each policy is {"role", "action", "using", "check"}')
+        role = check_role(p.get("role"), allow_admin=False)
+        action = p.get("action")
+        if action not in POLICY_ACTIONS:
+            raise BadRequest(f"action must be one of {', '.join(POLICY_ACTIONS)}")
+        using, check = p.get("using"), p.get("check")
+        if using is None and check is None:
+            raise BadRequest("a policy needs a using or a check expression")
+        if action == "insert" and using is not None:
+            raise BadRequest("an insert policy takes only check (there is no existing row)")
+        if action in ("select", "delete") and check is not None:
+            raise BadRequest(f"a {action} policy takes only using")
+        using = check_expression(guard, table, using) if using is not None else None
+        check = check_expression(guard, table, check) if check is not None else None
+        out.append((role, action, using, check))
+    return out
+
+
+def write_policies(conn: apsw.Connection, table: str, policies: list[tuple[str, str, str | None, str | None]]) -> None:
+    """Replace every policy of a table."""
+    conn.execute("DELETE FROM _wce_row_policies WHERE table_name = ?", (table,))
+    conn.executemany(
+        "INSERT INTO _wce_row_policies(table_name, role, action, using_expr, check_expr) VALUES (?, ?, ?, ?, ?)",
+        [(table, *p) for p in policies],
+    )

@@ -14,7 +14,7 @@ import trio
 
 from wce import proto
 from wce.config import ServerConfig
-from wce.core.errors import BY_CODE, Timeout, TooLarge, Unauthenticated, Unavailable, WceError
+from wce.core.errors import BY_CODE, RateLimited, Timeout, TooLarge, Unauthenticated, Unavailable, WceError
 from wce.core.ids import is_id
 from wce.responses import error_parts
 
@@ -143,6 +143,11 @@ class Gateway:
             body = await read_body(scope, receive, self.config.max_body)
             token, via = credentials(scope["headers"])
             worker = await self.supervisor.get(cenv)
+            client = scope.get("client")
+            client_ip = client[0] if client else ""
+            retry = worker.retry_after(client_ip)
+            if retry is not None:
+                raise RateLimited("this cenv's request rate limit is reached; slow down", retry_after=retry)
             identity = None
             if token is not None:
                 try:
@@ -153,13 +158,12 @@ class Gateway:
                 except Unauthenticated:
                     if via == "bearer":
                         raise
-            client = scope.get("client")
             exchange = await worker.send_request(
                 cenv=cenv, method=scope["method"], path=rest,
                 query=scope.get("query_string", b"").decode("latin-1"),
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                          if k.decode("latin-1") not in DROPPED_HEADERS],
-                body=body, client=client[0] if client else "", scheme=scope.get("scheme", "http"),
+                body=body, client=client_ip, scheme=scope.get("scheme", "http"),
                 identity=identity,
             )
         except _Disconnected:

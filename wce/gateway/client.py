@@ -16,6 +16,8 @@ import trio
 from wce import proto
 from wce.proto.channel import MessageChannel
 
+from wce.core.throttle import SlidingWindow
+
 from .tokens import TokenCache
 
 STREAM_BUFFER = 64
@@ -94,6 +96,24 @@ class WorkerClient:
         self._on_lost = on_lost
         self._next_id = 1
         self._waiters: dict[int, trio.MemorySendChannel[Any]] = {}
+        self.rate_limit = 0
+        self.limiter: SlidingWindow | None = None
+
+    def apply_settings(self, settings: dict[str, Any]) -> None:
+        """Settings the gateway enforces for this cenv (from Hello, then from Notices)."""
+        limit = settings.get("rate_limit_per_minute")
+        if isinstance(limit, int) and limit >= 0 and limit != self.rate_limit:
+            self.rate_limit = limit
+            self.limiter = SlidingWindow(limit, 60.0) if limit else None
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds the client must wait under the cenv's rate limit, or None (and count the request)."""
+        if self.limiter is None:
+            return None
+        retry = self.limiter.retry_after(client)
+        if retry is None:
+            self.limiter.hit(client)
+        return retry
 
     @property
     def inflight(self) -> int:
@@ -129,6 +149,10 @@ class WorkerClient:
                 if isinstance(msg, proto.Closing):
                     self.closing = True
                     self._on_closing(self)
+                    continue
+                if isinstance(msg, proto.Notice):
+                    if msg.topic == "settings":
+                        self.apply_settings(msg.data)
                     continue
                 req_id = getattr(msg, "id", None)
                 sender = self._waiters.get(req_id) if req_id is not None else None

@@ -122,6 +122,9 @@ class Supervisor:
             raise Unavailable("the cenv's worker could not start") from exc
         w = WorkerClient(cenv, pid, pidfd, channel, hello.info["secret"], self._worker_closing,
                          self._connection_lost)
+        settings = hello.info.get("settings")
+        if isinstance(settings, dict):
+            w.apply_settings(settings)
         self.nursery.start_soon(w.run_reader)
         self.nursery.start_soon(self._watch, w)
         return w

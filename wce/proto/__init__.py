@@ -22,6 +22,7 @@ from .messages import (
     Error,
     Hello,
     Message,
+    Notice,
     Request,
     Response,
     Shutdown,
@@ -32,7 +33,7 @@ from .messages import (
 
 __all__ = [
     "MAX_FRAME", "PROTOCOL_VERSION", "BrokenChannel", "Cancel", "Closing", "DecodeError", "EncodeError",
-    "Error", "FrameDecoder", "FrameTooLarge", "Hello", "Message", "ProtocolError", "Request", "Response",
+    "Error", "FrameDecoder", "FrameTooLarge", "Hello", "Message", "Notice", "ProtocolError", "Request", "Response",
     "Shutdown", "StreamChunk", "StreamEnd", "StreamStart", "TornFrame", "UnknownKind", "VersionMismatch",
     "decode", "encode", "frame",
 ]

@@ -12,6 +12,7 @@ Conversation on one connection (the gateway speaks first):
     gateway -> Cancel(id)       the client of a stream went away
     gateway -> Shutdown()       finish what is in flight, then exit when every connection closed
     worker  -> Closing(reason)  the worker is going away (idle, shutdown); send it nothing new
+    worker  -> Notice(topic, data)  settings the gateway enforces have changed
 """
 
 from __future__ import annotations
@@ -189,9 +190,22 @@ class Closing:
         _check(isinstance(self.reason, str), "Closing: reason must be a string")
 
 
-Message = Hello | Request | Response | StreamStart | StreamChunk | StreamEnd | Error | Cancel | Shutdown | Closing
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Worker to gateway: something the gateway enforces changed (`topic` 'settings': the cenv's
+    rate limit...)."""
+
+    KIND: ClassVar[int] = 11
+    topic: str
+    data: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.topic, str) and isinstance(self.data, dict), "Notice: topic and data")
+
+
+Message = Hello | Request | Response | StreamStart | StreamChunk | StreamEnd | Error | Cancel | Shutdown | Closing | Notice
 
 KINDS: dict[int, type[Message]] = {
     cls.KIND: cls  # type: ignore[misc]
-    for cls in (Hello, Request, Response, StreamStart, StreamChunk, StreamEnd, Error, Cancel, Shutdown, Closing)
+    for cls in (Hello, Request, Response, StreamStart, StreamChunk, StreamEnd, Error, Cancel, Shutdown, Closing, Notice)
 }

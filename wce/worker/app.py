@@ -13,7 +13,7 @@ import traceback
 from wce import proto
 from wce.core.errors import WceError
 
-from . import auth_routes
+from . import api_routes, auth_routes
 from .http import Call, Reply, Router, error_reply
 from .tenant import Tenant
 
@@ -42,6 +42,7 @@ def build_router() -> Router:
     router = Router()
     router.add("GET", "/", home)
     auth_routes.register_routes(router)
+    api_routes.register_routes(router)
     return router
 
 

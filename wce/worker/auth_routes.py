@@ -6,29 +6,13 @@ thread, so the connection is never used by two threads at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
-import trio
-
 from wce.core import accounts, auth
 from wce.core.errors import BadRequest, Forbidden, InvalidCredentials, RateLimited
 
 from .http import Call, Reply, Router, json_reply
+from .offload import in_thread
 
-T = TypeVar("T")
 COOKIE = "wce_session"
-# argon2 needs 19 MiB per hash and a thread: two at a time keeps a burst of logins inside the
-# worker's memory cap and leaves a core for everything else.
-HASHING_THREADS = 2
-_limiter: trio.CapacityLimiter | None = None
-
-
-async def _in_thread(fn: Callable[..., T], *args: object) -> T:
-    global _limiter
-    if _limiter is None:
-        _limiter = trio.CapacityLimiter(HASHING_THREADS)
-    return await trio.to_thread.run_sync(fn, *args, limiter=_limiter)
 
 
 def _cookie(call: Call, value: str, max_age: int) -> tuple[str, str]:
@@ -53,7 +37,7 @@ async def login(call: Call) -> Reply:
     if retry:
         raise RateLimited("too many failed logins; try again later", retry_after=retry)
     candidate = accounts.find_for_login(t.conn, username)
-    ok = await _in_thread(
+    ok = await in_thread(
         auth.verify_password, candidate.password_hash if candidate else None, password[: auth.MAX_PASSWORD]
     )
     if not ok or candidate is None:
@@ -65,7 +49,7 @@ async def login(call: Call) -> Reply:
     t.failed_by_user.reset(user_key)
     new_hash = None
     if auth.needs_rehash(candidate.password_hash):
-        new_hash = await _in_thread(auth.hash_password, password)
+        new_hash = await in_thread(auth.hash_password, password)
     ttl = int(t.settings["session_ttl_seconds"])
     sid, _ = accounts.open_session(t.conn, candidate.user, ttl, ip=call.client,
                                    user_agent=call.header("user-agent"), new_hash=new_hash)
@@ -92,7 +76,7 @@ async def register(call: Call) -> Reply:
     body = call.json_object()
     username = auth.check_username(body.get("username"))
     password = auth.check_password(body.get("password"))
-    password_hash = await _in_thread(auth.hash_password, password)
+    password_hash = await in_thread(auth.hash_password, password)
     user = accounts.create_user(t.conn, username, password_hash, t.settings["default_role"],
                                 actor=None, ip=call.client, action="auth.register")
     return json_reply({"user": user.public()}, status=201)
@@ -111,9 +95,9 @@ async def password(call: Call) -> Reply:
     new = auth.check_password(body.get("new_password"))
     t = call.tenant
     current = accounts.get_password_hash(t.conn, user.id)
-    if not await _in_thread(auth.verify_password, current, old[: auth.MAX_PASSWORD]):
+    if not await in_thread(auth.verify_password, current, old[: auth.MAX_PASSWORD]):
         raise InvalidCredentials("old password is wrong")
-    new_hash = await _in_thread(auth.hash_password, new)
+    new_hash = await in_thread(auth.hash_password, new)
     assert call.req.identity is not None
     accounts.change_password(t.conn, user, new_hash, str(call.req.identity["jti"]), ip=call.client)
     return Reply(204, [("cache-control", "no-store")])

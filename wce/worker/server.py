@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import traceback
+from typing import Any
 
 import trio
 
@@ -41,6 +42,15 @@ class Worker:
         self.closing: str | None = None
         self.closing_event = trio.Event()
         self.done = trio.Event()
+        tenant.notify = self.broadcast
+
+    async def broadcast(self, topic: str, data: dict[str, Any]) -> None:
+        """Send a Notice to every connected gateway."""
+        for ch in list(self.channels):
+            try:
+                await ch.send(proto.Notice(topic, data))
+            except (proto.BrokenChannel, trio.ClosedResourceError):
+                pass
 
     async def begin_closing(self, reason: str) -> None:
         """Stop taking connections, tell every gateway, exit when they have all gone."""
@@ -70,7 +80,8 @@ class Worker:
                 await stream.aclose()
                 return
             await ch.send(proto.Hello(proto.PROTOCOL_VERSION, "worker",
-                                      {"pid": os.getpid(), "secret": self.tenant.secret}))
+                                      {"pid": os.getpid(), "secret": self.tenant.secret,
+                                       "settings": self.tenant.gateway_settings()}))
         except (trio.TooSlowError, trio.EndOfChannel, proto.ProtocolError, proto.BrokenChannel):
             await stream.aclose()
             return

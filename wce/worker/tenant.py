@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import apsw
 from wce.config import ServerConfig
 from wce.core import accounts, cenv, db, schema, settings, sqlguard
 from wce.core.permissions import Access
+from wce.core.tables import Catalog
 from wce.core.errors import Unauthenticated
 from wce.core.throttle import SlidingWindow
 
@@ -30,6 +32,8 @@ class Tenant:
         self.secret = cenv.secret(conn)
         self.guard = sqlguard.Guard(conn)
         self.access = Access(conn, self.guard)
+        self.catalog = Catalog(conn)
+        self.notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None  # set by the server
         self.settings: dict[str, Any] = settings.read(conn, config.cenv_defaults())
         self.failed_by_ip = SlidingWindow(LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
         self.failed_by_user = SlidingWindow(LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
@@ -59,6 +63,15 @@ class Tenant:
         if user is None and identity.get("via") == "bearer":
             raise Unauthenticated("session expired or revoked")
         return user
+
+    def gateway_settings(self) -> dict[str, Any]:
+        """The settings a gateway enforces for this cenv (sent in Hello and after each change)."""
+        return {"rate_limit_per_minute": int(self.settings["rate_limit_per_minute"])}
+
+    async def announce_settings(self) -> None:
+        """Tell every connected gateway about changed settings it enforces."""
+        if self.notify is not None:
+            await self.notify("settings", self.gateway_settings())
 
     def close(self) -> None:
         """Checkpoint and close the file."""

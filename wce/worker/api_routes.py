@@ -1,0 +1,289 @@
+"""`/{cenv}/api/...`: tables, rows, grants, policies, users, config, audit.
+
+Thin: each handler checks who is calling, parses the request and calls wce.core; every decision
+about rows is made by wce.core.rows with the tenant's compiled grants and policies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from wce.core import accounts, audit, auth, permissions, settings, tables
+from wce.core.db import set_size_cap, transaction
+from wce.core.errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from wce.core.permissions import Actor
+from wce.core.rows import Rows, parse_query
+
+from .http import Call, Reply, Router, json_reply
+from .offload import in_thread
+from .tenant import Tenant
+
+
+def actor_of(call: Call) -> Actor:
+    """The caller for permission decisions."""
+    u = call.user
+    return Actor(u.id, u.username, u.role) if u else Actor.anon()
+
+
+def require_admin(call: Call) -> accounts.User:
+    """The admin calling, or 401 (anonymous) / 403 (anyone else)."""
+    if call.user is None:
+        raise Unauthenticated("sign in as an admin")
+    if call.user.role != "admin":
+        raise Forbidden("admins only")
+    return call.user
+
+
+def _tenant_table(call: Call) -> tables.Table:
+    return call.tenant.catalog.get(call.params["table"])
+
+
+def _changed_schema(t: Tenant) -> None:
+    t.catalog.invalidate()
+    t.access.invalidate()
+
+
+# tables
+
+async def list_tables(call: Call) -> Reply:
+    """The tables the caller may select."""
+    actor = actor_of(call)
+    t = call.tenant
+    visible = [tb.public() for tb in t.catalog.all().values() if t.access.allowed(actor.role, tb.name, "select")]
+    return json_reply({"tables": visible})
+
+
+async def create_table(call: Call) -> Reply:
+    """Create from a column list or from one CREATE TABLE / CREATE INDEX statement."""
+    admin = require_admin(call)
+    body = call.json_object()
+    t = call.tenant
+    if "sql" in body:
+        if not isinstance(body["sql"], str) or set(body) - {"sql", "full_text"}:
+            raise BadRequest('give either {"sql"} or {"name", "columns"}')
+        sql = body["sql"]
+    else:
+        sql = tables.create_sql_from_columns(body.get("name"), body.get("columns"))  # type: ignore[arg-type]
+    with transaction(t.conn):
+        created = tables.create(t.conn, t.guard, sql)
+        _changed_schema(t)
+        result: dict[str, Any] = {"name": created}
+        if created in t.catalog.all():
+            if body.get("full_text") is not None:
+                tables.add_fts(t.conn, t.catalog.get(created), body["full_text"])
+                _changed_schema(t)
+            result = t.catalog.get(created).public()
+        elif body.get("full_text") is not None:
+            raise BadRequest("full_text goes with a table, not an index")
+        audit.record(t.conn, "table.create", actor=admin.username, target=created, detail={"sql": sql[:2000]}, ip=call.client)
+    _changed_schema(t)
+    return json_reply(result, status=201)
+
+
+async def drop_table(call: Call) -> Reply:
+    """Drop a table with its full-text index, grants and policies."""
+    admin = require_admin(call)
+    t = call.tenant
+    table = _tenant_table(call)
+    with transaction(t.conn):
+        tables.drop(t.conn, table)
+        audit.record(t.conn, "table.drop", actor=admin.username, target=table.name, ip=call.client)
+    _changed_schema(t)
+    return Reply(204, [("cache-control", "no-store")])
+
+
+# rows
+
+def _rows(call: Call) -> Rows:
+    t = call.tenant
+    return Rows(t.conn, t.guard, t.access, actor_of(call), call.client)
+
+
+async def list_rows(call: Call) -> Reply:
+    """A page of rows: filters, order, keyset cursor, full-text search."""
+    table = _tenant_table(call)
+    q = parse_query(table, parse_qsl(call.req.query, keep_blank_values=True))
+    rows, nxt = _rows(call).list(table, q)
+    return json_reply({"rows": rows, "next": nxt})
+
+
+async def get_row(call: Call) -> Reply:
+    """One row by key."""
+    table = _tenant_table(call)
+    return json_reply(_rows(call).get(table, call.params["pk"]))
+
+
+async def insert_rows(call: Call) -> Reply:
+    """One row (an object) or several (a list) in one transaction."""
+    table = _tenant_table(call)
+    body = call.json()
+    many = isinstance(body, list)
+    stored = _rows(call).insert(table, body if many else [body])
+    return json_reply(stored if many else stored[0], status=201)
+
+
+async def patch_row(call: Call) -> Reply:
+    """Change some columns of one row."""
+    table = _tenant_table(call)
+    return json_reply(_rows(call).update(table, call.params["pk"], call.json_object()))
+
+
+async def delete_row(call: Call) -> Reply:
+    """Delete one row."""
+    table = _tenant_table(call)
+    _rows(call).delete(table, call.params["pk"])
+    return Reply(204, [("cache-control", "no-store")])
+
+
+# grants and policies
+
+async def get_grants(call: Call) -> Reply:
+    require_admin(call)
+    table = _tenant_table(call)
+    return json_reply({"roles": permissions.read_grants(call.tenant.conn, table.name)})
+
+
+async def put_grants(call: Call) -> Reply:
+    admin = require_admin(call)
+    t = call.tenant
+    table = _tenant_table(call)
+    grants = permissions.parse_grants(call.json())
+    with transaction(t.conn):
+        permissions.write_grants(t.conn, table.name, grants)
+        audit.record(t.conn, "permissions.update", actor=admin.username, target=table.name, detail={"roles": grants}, ip=call.client)
+    t.access.invalidate()
+    return json_reply({"roles": permissions.read_grants(t.conn, table.name)})
+
+
+async def get_policies(call: Call) -> Reply:
+    require_admin(call)
+    table = _tenant_table(call)
+    return json_reply(permissions.read_policies(call.tenant.conn, table.name))
+
+
+async def put_policies(call: Call) -> Reply:
+    admin = require_admin(call)
+    t = call.tenant
+    table = _tenant_table(call)
+    policies = permissions.parse_policies(t.guard, table.name, call.json())
+    with transaction(t.conn):
+        permissions.write_policies(t.conn, table.name, policies)
+        audit.record(t.conn, "policies.update", actor=admin.username, target=table.name,
+                     detail={"policies": [{"role": r, "action": a, "using": u, "check": c} for r, a, u, c in policies]},
+                     ip=call.client)
+    t.access.invalidate()
+    return json_reply(permissions.read_policies(t.conn, table.name))
+
+
+# users
+
+def _user_id(call: Call) -> int:
+    try:
+        return int(call.params["id"])
+    except ValueError:
+        raise NotFound("no such user") from None
+
+
+async def list_users(call: Call) -> Reply:
+    require_admin(call)
+    return json_reply({"users": accounts.list_users(call.tenant.conn)})
+
+
+async def create_user(call: Call) -> Reply:
+    admin = require_admin(call)
+    body = call.json_object()
+    username = auth.check_username(body.get("username"))
+    password = auth.check_password(body.get("password"))
+    role = permissions.check_role(body.get("role", call.tenant.settings["default_role"]), allow_anon=False)
+    password_hash = await in_thread(auth.hash_password, password)
+    user = accounts.create_user(call.tenant.conn, username, password_hash, role, actor=admin.username, ip=call.client)
+    return json_reply(accounts.get_user(call.tenant.conn, user.id), status=201)
+
+
+async def patch_user(call: Call) -> Reply:
+    admin = require_admin(call)
+    uid = _user_id(call)
+    body = call.json_object()
+    if not body or set(body) - {"role", "disabled", "password"}:
+        raise BadRequest("change any of: role, disabled, password")
+    role = permissions.check_role(body["role"], allow_anon=False) if "role" in body else None
+    disabled = body.get("disabled")
+    if disabled is not None and not isinstance(disabled, bool):
+        raise BadRequest("disabled must be true or false")
+    password_hash = None
+    if "password" in body:
+        password_hash = await in_thread(auth.hash_password, auth.check_password(body["password"]))
+    user = accounts.update_user(call.tenant.conn, uid, role=role, disabled=disabled, password_hash=password_hash,
+                                actor=admin.username, ip=call.client)
+    return json_reply(user)
+
+
+async def delete_user(call: Call) -> Reply:
+    admin = require_admin(call)
+    accounts.delete_user(call.tenant.conn, _user_id(call), actor=admin.username, ip=call.client)
+    return Reply(204, [("cache-control", "no-store")])
+
+
+# config and audit
+
+async def get_config(call: Call) -> Reply:
+    require_admin(call)
+    return json_reply(call.tenant.settings)
+
+
+async def patch_config(call: Call) -> Reply:
+    """Validate every key first, then store them all with one audit row, and apply them."""
+    admin = require_admin(call)
+    body = call.json_object()
+    if not body:
+        raise BadRequest("nothing to change")
+    for k, v in body.items():
+        settings.validate(k, v)
+    t = call.tenant
+    with transaction(t.conn):
+        for k, v in body.items():
+            settings.write(t.conn, k, v)
+        audit.record(t.conn, "config.update", actor=admin.username, detail={"changed": body}, ip=call.client)
+    t.settings.update(body)
+    if "max_db_mb" in body:
+        set_size_cap(t.conn, int(body["max_db_mb"]))
+    await t.announce_settings()
+    return json_reply(t.settings)
+
+
+async def list_audit(call: Call) -> Reply:
+    require_admin(call)
+    args = dict(parse_qsl(call.req.query))
+    try:
+        limit = int(args.get("limit", 50))
+        before = int(args["before"]) if "before" in args else None
+    except ValueError:
+        raise BadRequest("limit and before must be integers") from None
+    if not 1 <= limit <= 500:
+        raise BadRequest("limit must be between 1 and 500")
+    entries = audit.page(call.tenant.conn, limit, before)
+    return json_reply({"entries": entries, "next": entries[-1]["id"] if len(entries) == limit else None})
+
+
+def register_routes(router: Router) -> None:
+    """Bind this module's handlers."""
+    router.add("GET", "/api/tables", list_tables)
+    router.add("POST", "/api/tables", create_table)
+    router.add("DELETE", "/api/tables/{table}", drop_table)
+    router.add("GET", "/api/tables/{table}/rows", list_rows)
+    router.add("POST", "/api/tables/{table}/rows", insert_rows)
+    router.add("GET", "/api/tables/{table}/rows/{pk}", get_row)
+    router.add("PATCH", "/api/tables/{table}/rows/{pk}", patch_row)
+    router.add("DELETE", "/api/tables/{table}/rows/{pk}", delete_row)
+    router.add("GET", "/api/permissions/{table}", get_grants)
+    router.add("PUT", "/api/permissions/{table}", put_grants)
+    router.add("GET", "/api/policies/{table}", get_policies)
+    router.add("PUT", "/api/policies/{table}", put_policies)
+    router.add("GET", "/api/users", list_users)
+    router.add("POST", "/api/users", create_user)
+    router.add("PATCH", "/api/users/{id}", patch_user)
+    router.add("DELETE", "/api/users/{id}", delete_user)
+    router.add("GET", "/api/config", get_config)
+    router.add("PATCH", "/api/config", patch_config)
+    router.add("GET", "/api/audit", list_audit)
