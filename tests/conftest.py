@@ -14,6 +14,7 @@ from support import Server, processes_mentioning, start_server
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(tmp_path_factory.mktemp("shared"), "--idle-timeout", "600")
+    _servers.append(srv)
     yield srv
     srv.stop()
     assert processes_mentioning(str(srv.data)) == []
@@ -22,6 +23,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[Server]:
     srv = start_server(tmp_path)
+    _servers.append(srv)
     yield srv
     srv.stop()
     assert processes_mentioning(str(srv.data)) == []
@@ -31,3 +33,18 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
 async def client(server: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
         yield c
+
+
+_servers: list[Server] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """On a failure, show what the servers printed (worker tracebacks land there, never in responses)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for srv in _servers:
+            tail = "".join(srv.log[-60:])
+            if tail:
+                report.sections.append(("wce server output", tail))

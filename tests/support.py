@@ -129,6 +129,7 @@ async def login(client: httpx.AsyncClient, cenv: str, username: str = "admin", p
     """A bearer token."""
     r = await client.post(f"/{cenv}/auth/login", json={"username": username, "password": password})
     assert r.status_code == 200, r.text
+    client.cookies.clear()  # tests send credentials explicitly; an anonymous call must stay anonymous
     return str(r.json()["token"])
 
 
@@ -159,3 +160,33 @@ def assert_safe_error(r: httpx.Response, status: int, code: str | None = None) -
     for leak in ("Traceback", "/work", "/tmp", ".py", "$argon2", "jwt_secret"):
         assert leak not in text, text
     return body
+
+
+@dataclass
+class Cenv:
+    """A cenv with its admin's token, and helpers to act as someone."""
+
+    id: str
+    admin: str  # the admin's bearer token
+
+    def url(self, path: str) -> str:
+        return f"/{self.id}{path}"
+
+
+async def admin_cenv(client: httpx.AsyncClient) -> Cenv:
+    """A fresh cenv and its admin's token."""
+    cenv = await new_cenv(client)
+    return Cenv(cenv, await login(client, cenv))
+
+
+async def add_user(client: httpx.AsyncClient, c: Cenv, username: str, role: str = "user",
+                   password: str = "user password") -> str:
+    """Create a user through the admin API; their token."""
+    r = await client.post(c.url("/api/users"), headers=bearer(c.admin),
+                          json={"username": username, "password": password, "role": role})
+    assert r.status_code == 201, r.text
+    return await login(client, c.id, username, password)
+
+
+def audit_count(data: Path, cenv: str) -> int:
+    return int(sql(data, cenv, "SELECT count(*) FROM _wce_audit_log")[0][0])

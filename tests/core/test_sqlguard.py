@@ -31,6 +31,8 @@ ESCAPES = [
     "ATTACH ':memory:' AS other",
     "SELECT load_extension('x')",
     "BEGIN",
+    "SELECT * FROM pragma_table_info('_wce_users')",
+    "SELECT sql FROM sqlite_schema",
 ]
 
 

@@ -242,7 +242,7 @@ class Rows:
         if len(rows) > q.limit:
             rows = rows[: q.limit]
             nxt = _encode_cursor({"o": offset + q.limit})
-        if table.key != "rowid":
+        if table.key != "rowid" and rows:
             cols, rows = self._rekey(table, cols, rows)
         return [self._shape(table, cols, r) for r in rows], nxt
 

@@ -37,6 +37,7 @@ class Mode(enum.Enum):
 _ROW_OPS = {apsw.SQLITE_READ: "read", apsw.SQLITE_INSERT: "insert", apsw.SQLITE_UPDATE: "update",
             apsw.SQLITE_DELETE: "delete"}
 _ALWAYS_OK = {apsw.SQLITE_SELECT, apsw.SQLITE_RECURSIVE}
+_HARMLESS_PRAGMAS = frozenset({"data_version"})
 _BANNED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer", "sqlite_offset"})
 
 
@@ -65,7 +66,8 @@ class Guard:
         action = _ROW_OPS.get(op)
         if action is not None:
             table = p1 or ""
-            if is_internal(table):
+            low = table.lower()
+            if is_internal(table) or low.startswith("sqlite_") or low.startswith("pragma_"):
                 return self._deny(f"access to {table} is not allowed")
             if action != "read" and mode is Mode.READ:
                 return self._deny("this SQL may only read")
@@ -74,6 +76,8 @@ class Guard:
             return apsw.SQLITE_OK
         if op in _ALWAYS_OK:
             return apsw.SQLITE_OK
+        if op == apsw.SQLITE_PRAGMA and (p1 or "").lower() in _HARMLESS_PRAGMAS and p2 is None:
+            return apsw.SQLITE_OK  # FTS5 reads `PRAGMA data_version` itself during MATCH
         if op == apsw.SQLITE_FUNCTION:
             if (p2 or "").lower() in _BANNED_FUNCTIONS:
                 return self._deny(f"function {p2} is not allowed")
@@ -84,9 +88,9 @@ class Guard:
         if op == apsw.SQLITE_CREATE_TABLE:
             return self._deny_reserved(p1) or apsw.SQLITE_OK
         if op == apsw.SQLITE_CREATE_INDEX:
-            return self._deny_reserved(p1) or self._deny_reserved(p2) or apsw.SQLITE_OK
+            return self._deny_reserved(p1, index=True) or self._deny_reserved(p2) or apsw.SQLITE_OK
         if op == apsw.SQLITE_REINDEX:  # SQLite fills a new index this way
-            return self._deny_reserved(p1) or apsw.SQLITE_OK
+            return self._deny_reserved(p1, index=True) or apsw.SQLITE_OK
         if op in _ROW_OPS:
             table = (p1 or "").lower()
             if table in ("sqlite_master", "sqlite_schema"):
@@ -98,7 +102,9 @@ class Guard:
             return apsw.SQLITE_OK
         return self._deny("only CREATE TABLE and CREATE INDEX are allowed")
 
-    def _deny_reserved(self, name: str | None) -> int:
+    def _deny_reserved(self, name: str | None, index: bool = False) -> int:
+        if index and name and name.startswith("sqlite_autoindex_"):
+            return 0  # SQLite's own index for a PRIMARY KEY or UNIQUE of the new table
         if name and (is_internal(name) or name.lower().startswith("sqlite_")):
             return self._deny(f"names starting with _wce_ or sqlite_ are reserved: {name}")
         return 0

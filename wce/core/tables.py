@@ -106,7 +106,9 @@ class Catalog:
                 continue
             cols = []
             pk: list[tuple[int, str]] = []
-            for _cid, cname, ctype, notnull, dflt, pkpos in self.conn.execute(f"PRAGMA table_xinfo({quote(name)})"):
+            for _cid, cname, ctype, notnull, dflt, pkpos, hidden in self.conn.execute(f"PRAGMA table_xinfo({quote(name)})"):
+                if hidden == 1:
+                    continue
                 cols.append(Column(cname, ctype or "", bool(notnull), dflt, bool(pkpos)))
                 if pkpos:
                     pk.append((pkpos, cname))
@@ -192,16 +194,16 @@ def create(conn: apsw.Connection, guard: sqlguard.Guard, sql: str) -> str:
             raise Invalid(str(exc).removeprefix("SQLError: ")) from None
     if info.query_remaining and info.query_remaining.strip(" \t\r\n;"):
         raise Invalid("only one statement is allowed")
-    before = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema")}
+    before = {(r[0], r[1]) for r in conn.execute("SELECT name, type FROM sqlite_schema")}
     try:
         sqlguard.run(guard, sqlguard.Mode.DDL, sql, scope="create")
     except WceError as exc:
         raise Invalid(exc.message) from None
-    after = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema")}
-    new = sorted(after - before)
+    after = {(r[0], r[1]) for r in conn.execute("SELECT name, type FROM sqlite_schema")}
+    new = sorted((typ != "table", name) for name, typ in after - before if not name.startswith("sqlite_autoindex_"))
     if not new:
         raise Conflict("that table or index already exists")
-    return new[0]
+    return new[0][1]
 
 
 def add_fts(conn: apsw.Connection, table: Table, columns: Any) -> None:
