@@ -3,11 +3,16 @@
     python bench/run.py [--seconds 5] [--rounds 3]
 
 Measures (medians of `rounds`):
-  * cold start: an idle cenv's first request answered (GET /{cenv}/ through a freshly forked worker)
+  * cold start: an idle cenv's first request answered (GET /{cenv}/ through a freshly forked worker),
+    and the unique memory (USS) of an idle worker
   * GET /{cenv}/auth/me with a bearer token: req/s and server CPU µs per request (gateway + worker)
+  * the data API as a user with a grant: list 50 rows and get one row by primary key, on a table
+    without row policy and on one with `owner = :user_id` (same rows visible), next to Datasette's
+    row JSON on a copy of the same data
   * the same GET against a bare ASGI app under hypercorn -k trio (the ceiling of our stack)
-The server runs on CPU 0, wrk on CPU 1 (taskset), keep-alive, 32 connections. Needs `wrk`
-(Debian: apt-get install wrk). Results go to stdout and bench/results/latest.json.
+The servers run on CPU 0, wrk on CPU 1 (taskset), keep-alive, 32 connections. Needs `wrk`
+(Debian: apt-get install wrk); Datasette is installed into bench/.venv-datasette on first use, so
+it never mixes with WCE's own pins. Results go to stdout and bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -96,6 +101,56 @@ def measure(pid: int, url: str, seconds: int, headers: dict[str, str]) -> tuple[
     return rps, cpu / (rps * seconds) * 1e6
 
 
+def uss_kib(pid: int) -> int:
+    """Unique set size: memory only this process holds (Private_Clean + Private_Dirty)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+def datasette_python() -> str:
+    venv = ROOT / "bench" / ".venv-datasette"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "datasette==0.65.5"], check=True)
+    return str(py)
+
+
+def seed_data_api(c: httpx.Client, cenv: str, admin: str) -> str:
+    """Tables items_plain and items_policy (1,000 rows each, all owned by `reader`); reader's token."""
+    h = {"authorization": f"Bearer {admin}"}
+    for name in ("items_plain", "items_policy"):
+        r = c.post(f"/{cenv}/api/tables", headers=h, json={"sql":
+                   f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, owner INTEGER, title TEXT, body TEXT, score REAL)"})
+        assert r.status_code == 201, r.text
+        c.put(f"/{cenv}/api/permissions/{name}", headers=h, json={"roles": {"user": {"select": True}}})
+    c.post(f"/{cenv}/api/users", headers=h, json={"username": "reader", "password": "bench password"})
+    reader = c.post(f"/{cenv}/auth/login", json={"username": "reader", "password": "bench password"}).json()
+    uid = reader["user"]["id"]
+    rows = [{"owner": uid, "title": f"item {i}", "body": "lorem ipsum " * 8, "score": i / 7} for i in range(1000)]
+    for name in ("items_plain", "items_policy"):
+        assert c.post(f"/{cenv}/api/tables/{name}/rows", headers=h, json=rows).status_code == 201
+    r = c.put(f"/{cenv}/api/policies/items_policy", headers=h,
+              json=[{"role": "user", "action": "select", "using": "owner = :user_id"}])
+    assert r.status_code == 200, r.text
+    return str(reader["token"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
@@ -140,7 +195,45 @@ def main() -> None:
                 c.get(f"/{cenv}/auth/me", headers={"authorization": f"Bearer {token}"})
                 warm.append((time.perf_counter() - t0) * 1000)
 
+            reader = seed_data_api(c, cenv, token)
+            time.sleep(1)
+            idle_uss = [uss_kib(p) for fs in children_of(wce.pid) for p in children_of(fs)]
+
+        # Datasette on a plain copy of the same rows
+        import apsw
+
+        src = apsw.Connection(str(tmp / "data" / f"{cenv}.sqlite"))
+        dst_path = tmp / "items.db"
+        dst = apsw.Connection(str(dst_path))
+        dst.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, owner INTEGER, title TEXT, body TEXT, score REAL)")
+        with dst:
+            dst.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?)", src.execute("SELECT * FROM items_plain").fetchall())
+        src.close()
+        dst.close()
+        dport = free_port()
+        ds = subprocess.Popen(["taskset", "-c", "0", datasette_python(), "-m", "datasette", "serve", str(dst_path),
+                               "-p", str(dport), "--setting", "num_sql_threads", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(ds)
+        wait_port(dport)
+
         auth = {"authorization": f"Bearer {token}"}
+        rauth = {"authorization": f"Bearer {reader}"}
+        dbase = f"http://127.0.0.1:{dport}/items"
+        targets = {
+            "wce_list50_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows?limit=50", rauth),
+            "wce_list50_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows?limit=50", rauth),
+            "datasette_list50": (ds.pid, f"{dbase}/items.json?_size=50&_shape=array", {}),
+            "wce_get_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows/500", rauth),
+            "wce_get_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows/500", rauth),
+            "datasette_get": (ds.pid, f"{dbase}/items/500.json?_shape=array", {}),
+        }
+        for _, url, hdr in targets.values():
+            wrk(url, 1, hdr)
+        data_api: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
+        for _ in range(args.rounds):
+            for k, (pid, url, hdr) in targets.items():
+                data_api[k].append(measure(pid, url, args.seconds, hdr))
         wrk(f"{base}/{cenv}/auth/me", 2, auth)  # warm up
         wrk(f"http://127.0.0.1:{bport}/", 2, {})
         me, ref = [], []
@@ -158,6 +251,14 @@ def main() -> None:
             "bare_hypercorn_trio_cpu_us_per_req": round(med(ref, 1)),
         }
         result["ratio_auth_me_to_bare"] = round(result["auth_me_rps"] / result["bare_hypercorn_trio_rps"], 2)
+        result["idle_worker_uss_kib_median"] = int(statistics.median(idle_uss)) if idle_uss else None
+        for k, v in data_api.items():
+            result[f"{k}_rps"] = round(med(v, 0))
+            result[f"{k}_cpu_us_per_req"] = round(med(v, 1))
+        for kind in ("list50", "get"):
+            for pol in ("no_policy", "policy"):
+                result[f"ratio_wce_{kind}_{pol}_to_datasette"] = round(
+                    result[f"wce_{kind}_{pol}_rps"] / result[f"datasette_{kind}_rps"], 2)
         print(json.dumps(result, indent=2))
         out = ROOT / "bench" / "results"
         out.mkdir(exist_ok=True)
