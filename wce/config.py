@@ -32,6 +32,9 @@ class ServerConfig:
     cpu_ms_per_request: int = 2000
     max_db_mb: int = 1024
     run_dir: str = field(default="")
+    max_import_mb: int = 64  # POST /import has its own, larger body limit
+    access_log: str = "-"  # one JSON line per request: "-" stderr, "off", or a file path
+    metrics_token: str = field(default="", repr=False)  # /metrics is 404 unless set; never sent to children
 
     @property
     def data_path(self) -> Path:
@@ -55,8 +58,8 @@ class ServerConfig:
         return {"memory_mb": self.memory_mb, "cpu_ms_per_request": self.cpu_ms_per_request, "max_db_mb": self.max_db_mb}
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (sent to the fork server)."""
-        return asdict(self)
+        """A plain dict (sent to the fork server on its command line, so without secrets)."""
+        return {k: v for k, v in asdict(self).items() if k not in SECRET_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ServerConfig:
@@ -69,7 +72,9 @@ ENV = {
     "max_body": "WCE_MAX_BODY", "max_workers": "WCE_MAX_WORKERS", "idle_timeout": "WCE_IDLE_TIMEOUT",
     "hard_deadline": "WCE_HARD_DEADLINE", "memory_mb": "WCE_MEMORY_MB",
     "cpu_ms_per_request": "WCE_CPU_MS_PER_REQUEST", "max_db_mb": "WCE_MAX_DB_MB",
+    "max_import_mb": "WCE_MAX_IMPORT_MB", "access_log": "WCE_ACCESS_LOG", "metrics_token": "WCE_METRICS_TOKEN",
 }
+SECRET_FIELDS = frozenset({"metrics_token"})
 
 
 def env_default(name: str, default: Any) -> Any:

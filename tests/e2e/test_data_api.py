@@ -85,11 +85,17 @@ async def test_rows_crud_types_and_audit(client: httpx.AsyncClient, server: Serv
     await make_notes(client, c)
     h = bearer(c.admin)
     n = audit_count(server.data, c.id)
+    blob = base64.b64encode(b"\x00\x01binary").decode()
     r = await client.post(c.url("/api/tables/notes/rows"), headers=h,
-                          json={"title": "first", "body": None, "owner": 1, "score": 1.5, "data": {"k": [1, 2]}})
+                          json={"title": "first", "body": {"k": [1, 2]}, "owner": 1, "score": 1.5, "data": blob})
     assert r.status_code == 201, r.text
     row = r.json()
-    assert row == {"id": 1, "title": "first", "body": None, "owner": 1, "score": 1.5, "data": '{"k":[1,2]}'}
+    assert row == {"id": 1, "title": "first", "body": '{"k":[1,2]}', "owner": 1, "score": 1.5, "data": blob}
+    assert sql(server.data, c.id, "SELECT data FROM notes WHERE id = 1")[0][0] == b"\x00\x01binary"
+    # each column takes the JSON type its declared type asks for
+    for bad in ({"title": "x", "owner": "one"}, {"title": "x", "score": "high"}, {"title": 5},
+                {"title": "x", "data": "not base64!"}, {"title": "x", "owner": 1.5}):
+        assert_safe_error(await client.post(c.url("/api/tables/notes/rows"), headers=h, json=bad), 400)
     assert audit_count(server.data, c.id) == n + 1
     bulk = await client.post(c.url("/api/tables/notes/rows"), headers=h, json=[{"title": f"n{i}", "owner": 2} for i in range(3)])
     assert bulk.status_code == 201 and [x["id"] for x in bulk.json()] == [2, 3, 4]

@@ -31,8 +31,25 @@ def transaction(conn: apsw.Connection) -> Iterator[apsw.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception.
 
     IMMEDIATE takes the write lock at once, so a read-then-write inside never fails half-way with
-    SQLITE_BUSY_SNAPSHOT.
+    SQLITE_BUSY_SNAPSHOT. Inside an outer transaction (a script's request is one transaction)
+    it is a savepoint: its work is undone alone on error, and committed with the outer one.
     """
+    if not conn.getautocommit():
+        from .events import bus_for  # the bus must forget rows a ROLLBACK TO undoes
+
+        bus = bus_for(conn)
+        mark = bus.mark() if bus else None
+        conn.execute("SAVEPOINT wce_nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO wce_nested")
+            conn.execute("RELEASE wce_nested")
+            if bus is not None and mark is not None:
+                bus.undo_to(mark)
+            raise
+        conn.execute("RELEASE wce_nested")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

@@ -65,9 +65,13 @@ class NotFound(WceError):
 
 
 class MethodNotAllowed(WceError):
-    """The resource exists but not with this method."""
+    """The resource exists but not with this method; `allow` lists the methods it has."""
 
     code = "method_not_allowed"
+
+    def __init__(self, message: str = "method not allowed", allow: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.allow = sorted(allow or [])
 
 
 class Conflict(WceError):

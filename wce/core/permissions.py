@@ -66,10 +66,14 @@ class Access:
         self.conn = conn
         self.guard = guard
         self._rules: dict[tuple[str, str, str], Rule] = {}
+        # Bumped by every invalidate: put it in the sqlguard scope of any statement whose
+        # authorization depended on grants, so a cached preparation never outlives them.
+        self.generation = 0
 
     def invalidate(self) -> None:
         """Forget compiled rules (call after any change of grants, policies or tables)."""
         self._rules.clear()
+        self.generation += 1
 
     def rule(self, role: str, table: str, action: str) -> Rule:
         """The compiled rule for a role's action on a table."""

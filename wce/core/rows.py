@@ -86,6 +86,17 @@ def parse_query(table: Table, pairs: Sequence[tuple[str, str]]) -> ListQuery:
     return q
 
 
+def parse_int(raw: str, error: Exception) -> int:
+    """A 64-bit integer from a path segment, or the given error (never an overflow deeper down)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise error from None
+    if not -(2**63) <= value < 2**63:
+        raise error
+    return value
+
+
 def _encode_cursor(value: Any) -> str:
     if isinstance(value, bytes):
         value = {"b": base64.b64encode(value).decode()}
@@ -111,6 +122,42 @@ def to_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def affinity(declared: str) -> str:
+    """The JSON-facing kind of a declared column type: integer, real, text, blob or any."""
+    t = declared.upper()
+    if "INT" in t:
+        return "integer"
+    if any(k in t for k in ("CHAR", "CLOB", "TEXT")):
+        return "text"
+    if "BLOB" in t:
+        return "blob"
+    if any(k in t for k in ("REAL", "FLOA", "DOUB", "NUMERIC", "DECIMAL")):
+        return "real"
+    return "any"
+
+
+def column_value(value: Any, column: str, kind: str) -> Any:
+    """A JSON value for a column of the given kind, checked: integers for INTEGER columns, numbers
+    for REAL, strings (or JSON objects/arrays, stored as JSON text) for TEXT, base64 strings for
+    BLOB; ANY takes any JSON value. null fits every column (NOT NULL is SQLite's to enforce)."""
+    if value is None:
+        return None
+    if kind == "integer" and not isinstance(value, int):
+        raise BadRequest(f"{column}: expects an integer")
+    if kind == "real" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        raise BadRequest(f"{column}: expects a number")
+    if kind == "text" and not isinstance(value, (str, dict, list)):
+        raise BadRequest(f"{column}: expects a string")
+    if kind == "blob":
+        if not isinstance(value, str):
+            raise BadRequest(f"{column}: expects base64 text")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"{column}: expects base64 text") from None
+    return to_sql(value, column)
 
 
 def to_sql(value: Any, column: str) -> Any:
@@ -142,11 +189,8 @@ class Rows:
         if table.key == "rowid" and not table.has_rowid:
             raise BadRequest(f"rows of {table.name} have no single-column key to address them by")
         col = next((c for c in table.columns if c.name == table.key), None)
-        if table.key == "rowid" or (col and col.type.upper().startswith("INT")):
-            try:
-                return int(raw)
-            except ValueError:
-                raise NotFound("no such row") from None
+        if table.key == "rowid" or (col and affinity(col.type) == "integer"):
+            return parse_int(raw, NotFound("no such row"))
         return raw
 
     def _select(self, table: Table) -> str:
@@ -276,10 +320,11 @@ class Rows:
         if not isinstance(row, dict) or not row:
             raise BadRequest("a row must be a non-empty JSON object")
         out = {}
+        kinds = {c.name: affinity(c.type) for c in table.columns}
         for k, v in row.items():
-            if k not in table.column_names:
+            if k not in kinds:
                 raise BadRequest(f"no column {k!r} in {table.name}")
-            out[k] = to_sql(v, k)
+            out[k] = column_value(v, k, kinds[k])
         return out
 
     def _check(self, table: Table, rule: Rule, key_value: Any, what: str) -> None:

@@ -110,6 +110,16 @@ MIGRATIONS: list[str] = [
         error TEXT
     );
     """,
+    # 2: what scripts printed, kept small (the newest rows), for the owner to read
+    """
+    CREATE TABLE _wce_script_log (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        script_id INTEGER,
+        kind TEXT NOT NULL,
+        line TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -117,7 +127,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = (
     "_wce_meta", "_wce_users", "_wce_sessions", "_wce_table_permissions", "_wce_row_policies",
     "_wce_config", "_wce_audit_log", "_wce_pages", "_wce_templates", "_wce_values", "_wce_scripts",
-    "_wce_render_cache",
+    "_wce_render_cache", "_wce_script_log",
 )
 
 

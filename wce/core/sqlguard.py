@@ -10,7 +10,10 @@ or a trigger, as are PRAGMA, ATTACH, DDL and transaction control.
 SQLite consults the authorizer only when a statement is prepared, and apsw caches prepared
 statements by their text. So untrusted SQL is always prefixed with a marker naming its mode and
 scope (`/*wce:read:user*/`): a statement prepared under one mode can only ever be found again in
-the cache under the same mode, and never by our own trusted SQL text.
+the cache under the same mode, and never by our own trusted SQL text. The same holds for a
+`table_filter`: its decision is frozen into the cached statement, so the scope must name
+everything the filter depends on (the role and the grants' generation, Access.generation), or a
+revoked grant would keep working for SQL prepared before.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ the Quart app of platform routes.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import trio
@@ -19,6 +20,10 @@ from wce.core.ids import is_id
 from wce.responses import error_parts
 
 from .client import WorkerGone
+from .editor import ASSETS, Editor, check_csrf
+from .logs import RequestLog, cenv_route, platform_route
+from .metrics import PAGE_CACHE_HEADER, Metrics
+from .platform import ImportRoute, MetricsRoute
 from .supervisor import Supervisor
 
 Scope = dict[str, Any]
@@ -103,46 +108,107 @@ def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]:
     return (cookie_token or None), "cookie"
 
 
-class Gateway:
-    """ASGI callable: forwards cenv requests, hands the rest to the platform app."""
+class _Outcome:
+    """The `send` handed down for one HTTP request: notes the status for the log and the counters."""
 
-    def __init__(self, config: ServerConfig, supervisor: Supervisor, platform: ASGIApp) -> None:
+    __slots__ = ("send", "status", "pid")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+        self.pid: int | None = None
+
+    async def __call__(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "http.response.start":
+            self.status = msg["status"]
+        await self.send(msg)
+
+
+class Gateway:
+    """ASGI callable: forwards cenv requests, hands the rest to the platform app.
+
+    Every HTTP request is counted (wce.gateway.metrics) and, unless the log is `off`, gets one
+    line in the request log (wce.gateway.logs) when its answer is over.
+    """
+
+    def __init__(self, config: ServerConfig, supervisor: Supervisor, platform: ASGIApp,
+                 metrics: Metrics | None = None, log: RequestLog | None = None) -> None:
         self.config = config
         self.supervisor = supervisor
         self.platform = platform
+        self.metrics = metrics or Metrics()
+        self.log = log or RequestLog(config.access_log)
+        self.importer = ImportRoute(config, supervisor, self.metrics)
+        self.metrics_route = MetricsRoute(config, supervisor, self.metrics)
+        self.editor = Editor(supervisor)  # /{cenv}/_/ and /_/assets/ (wce.gateway.editor)
+        self._streams: set[trio.CancelScope] = set()  # relays of streamed answers in progress
+        self._ending = False
+
+    def end_streams(self) -> None:
+        """End every relayed stream cleanly, and any started later (the server is stopping):
+        otherwise an open event stream would hold the graceful shutdown for its whole grace."""
+        self._ending = True
+        for scope in list(self._streams):
+            scope.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            path: str = scope["path"]
-            seg = path[1:27]
-            if is_id(seg) and (len(path) == 27 or path[27] == "/"):
-                if len(path) == 27:
-                    await send({"type": "http.response.start", "status": 308,
-                                "headers": [(b"location", f"/{seg}/".encode()), (b"content-length", b"0")]})
-                    await send({"type": "http.response.body", "body": b""})
-                    return
-                await self.forward(scope, receive, send, seg, path[27:])
-                return
-            # Platform routes get the same body limit, enforced here so that every 413 is the same
-            # answer and closes the connection (the unread rest of a body must never be parsed as
-            # the next request).
-            try:
-                body = await read_body(scope, receive, self.config.max_body)
-            except _Disconnected:
-                return
-            except WceError as exc:
-                await send_error(send, exc)
-                return
-            await self.platform(scope, _replay(body, receive), send)
+        if scope["type"] != "http":
+            await self.platform(scope, receive, send)
             return
-        await self.platform(scope, receive, send)
+        t0 = perf_counter()
+        out = _Outcome(send)
+        path: str = scope["path"]
+        seg = path[1:27]
+        cenv = seg if is_id(seg) and (len(path) == 27 or path[27] == "/") else None
+        route = cenv_route(path[27:]) if cenv else platform_route(path)
+        try:
+            if cenv is None:
+                await self._platform(scope, receive, out, path)
+            elif len(path) == 27:
+                await out({"type": "http.response.start", "status": 308,
+                           "headers": [(b"location", f"/{seg}/".encode()), (b"content-length", b"0")]})
+                await out({"type": "http.response.body", "body": b""})
+            elif path[27:29] == "/_" and (len(path) == 29 or path[29] == "/"):
+                await self.editor.shell(scope, out, cenv, path[27:])
+            else:
+                await self.forward(scope, receive, out, cenv, path[27:])
+        finally:
+            seconds = perf_counter() - t0
+            self.metrics.observe(route, out.status, seconds)
+            if self.log.enabled:
+                self.log.write(cenv, route, scope["method"], out.status, seconds, out.pid)
+
+    async def _platform(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        if path == "/import":  # its own streamed body and limit (wce.gateway.platform.ImportRoute)
+            await self.importer(scope, receive, send)
+            return
+        if path == "/metrics":
+            await self.metrics_route(scope, receive, send)
+            return
+        if path.startswith(ASSETS):
+            await self.editor.asset(scope, send, path)
+            return
+        # Platform routes get the same body limit, enforced here so that every 413 is the same
+        # answer and closes the connection (the unread rest of a body must never be parsed as
+        # the next request).
+        try:
+            body = await read_body(scope, receive, self.config.max_body)
+        except _Disconnected:
+            return
+        except WceError as exc:
+            await send_error(send, exc)
+            return
+        await self.platform(scope, _replay(body, receive), send)
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, cenv: str, rest: str) -> None:
         """Send one request to the cenv's worker and relay its answer."""
         try:
             body = await read_body(scope, receive, self.config.max_body)
             token, via = credentials(scope["headers"])
+            check_csrf(scope, rest, cookie=via == "cookie" and token is not None)
             worker = await self.supervisor.get(cenv)
+            if type(send) is _Outcome:
+                send.pid = worker.pid
             client = scope.get("client")
             client_ip = client[0] if client else ""
             retry = worker.retry_after(client_ip)
@@ -181,25 +247,53 @@ class Gateway:
                 self.supervisor.kill(worker, "deadline")
                 await send_error(send, _timeout())
                 return
-            await self._relay(send, exchange, first)
+            await self._relay(send, exchange, first, receive)
         except WorkerGone:
             await send_error(send, _unavailable())
         finally:
             await exchange.aclose()
 
-    async def _relay(self, send: Send, exchange: Any, first: proto.Message) -> None:
+    async def _relay(self, send: Send, exchange: Any, first: proto.Message, receive: Receive) -> None:
         if isinstance(first, proto.Response):
-            await send({"type": "http.response.start", "status": first.status,
-                        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in first.headers]})
+            headers = []
+            for k, v in first.headers:
+                if k == PAGE_CACHE_HEADER:
+                    self.metrics.page_cache_result(v)
+                headers.append((k.encode("latin-1"), v.encode("latin-1")))
+            await send({"type": "http.response.start", "status": first.status, "headers": headers})
             await send({"type": "http.response.body", "body": first.body})
         elif isinstance(first, proto.StreamStart):
             await send({"type": "http.response.start", "status": first.status,
                         "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in first.headers]})
-            async for chunk in exchange.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+            # hypercorn does not cancel an app whose client left, it only queues http.disconnect:
+            # watch for it, so that a stream nobody reads is cancelled (forward's finally sends Cancel)
+            gone = trio.Event()
+            with trio.CancelScope() as relaying:
+                self._streams.add(relaying)
+                if self._ending:
+                    relaying.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_cancel_on_disconnect, receive, relaying, gone)
+                        try:
+                            async for chunk in exchange.chunks():
+                                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        except WorkerGone:
+                            pass  # the head is sent: all we can do is end the stream
+                        nursery.cancel_scope.cancel()
+                finally:
+                    self._streams.discard(relaying)
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b""})
         elif isinstance(first, proto.Error):
             await send_error(send, _coded(first))
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope, gone: trio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+    scope.cancel()
 
 
 def _coded(err: proto.Error) -> WceError:

@@ -49,7 +49,9 @@ class Exchange:
     async def first(self) -> Answer:
         """The answer (or the head of a stream)."""
         msg = await self._next()
-        if not isinstance(msg, proto.StreamStart):
+        if isinstance(msg, proto.StreamStart):
+            self.client._streaming(self.id)
+        else:
             self.finished = True
             self.client._forget(self.id)
         return msg  # type: ignore[return-value]
@@ -96,6 +98,7 @@ class WorkerClient:
         self._on_lost = on_lost
         self._next_id = 1
         self._waiters: dict[int, trio.MemorySendChannel[Any]] = {}
+        self._streams: set[int] = set()  # exchanges past StreamStart: open-ended, not "in flight"
         self.rate_limit = 0
         self.limiter: SlidingWindow | None = None
 
@@ -137,9 +140,18 @@ class WorkerClient:
 
     def _forget(self, req_id: int) -> None:
         sender = self._waiters.pop(req_id, None)
+        self._streams.discard(req_id)
         if sender is not None:
             sender.close()
-        if not self._waiters:
+        self._check_idle()
+
+    def _streaming(self, req_id: int) -> None:
+        """A stream has started: a graceful stop need not wait for it (the worker ends it)."""
+        self._streams.add(req_id)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if len(self._waiters) <= len(self._streams):
             self.idle.set()
 
     async def run_reader(self) -> None:

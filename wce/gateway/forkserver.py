@@ -41,6 +41,7 @@ class ForkServer:
         os.chmod(path, 0o600)
         lst.listen(128)
         env = dict(os.environ, MALLOC_ARENA_MAX="1", RUST_BACKTRACE="0", PYTHONUNBUFFERED="1")
+        env.pop("WCE_METRICS_TOKEN", None)  # the gateway's alone
         proc = subprocess.Popen(
             [sys.executable, "-m", "wce.worker.forkserver", "--fd", str(lst.fileno()),
              "--config", json.dumps(config.to_dict())],
@@ -88,6 +89,14 @@ class ForkServer:
         if not reply.get("ok"):
             cls = BY_CODE.get(str(reply.get("code")), WceError)
             raise cls(str(reply.get("message", "could not create the cenv")))
+
+    async def import_file(self, cenv: str, fd: int, username: str, password: str, ip: str) -> None:
+        """Check an uploaded cenv file (open at fd) and install it as cenv; the domain error on refusal."""
+        reply = await self._ask({"op": "import", "cenv": cenv, "username": username, "password": password,
+                                 "ip": ip}, fd)
+        if not reply.get("ok"):
+            cls = BY_CODE.get(str(reply.get("code")), WceError)
+            raise cls(str(reply.get("message", "could not import the cenv")))
 
     def stop(self, timeout: float) -> None:
         """SIGTERM the zygote (it stops its workers), SIGKILL after timeout."""

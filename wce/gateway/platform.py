@@ -2,24 +2,40 @@
 
 There is no platform database: creating a cenv writes one new file, through the fork server, and
 nothing else remembers it.
+
+Two platform routes are plain ASGI handlers that the dispatcher (wce.gateway.asgi) calls before
+Quart: `POST /import`, whose body is streamed to a temporary file under its own, larger limit, and
+`GET /metrics`, which is compared against an operator token and must stay cheap.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
+import tempfile
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import parse_options_header
+from werkzeug.sansio import multipart
 
 from wce.config import ServerConfig
-from wce.core.errors import BadRequest, Forbidden, RateLimited, WceError
+from wce.core.errors import (
+    BadRequest, Forbidden, MethodNotAllowed, NotFound, RateLimited, TooLarge, Unauthenticated, WceError,
+)
 from wce.core.ids import new_id
 from wce.core.throttle import SlidingWindow
 from wce.responses import error_parts, json_bytes
 
+from .metrics import Metrics
 from .supervisor import Supervisor
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
@@ -116,7 +132,7 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
         return _html("Your cenv", f"""<h1>Your cenv is ready</h1>
 <p>Bookmark this address: it is the only way back to your cenv.</p>
 <p><code>{safe}</code></p>
-<p><a href="/{cenv}/">Open it</a></p>""", 201)
+<p><a href="/{cenv}/_/">Open the editor</a> (sign in with the account you just chose) or <a href="/{cenv}/">the cenv itself</a></p>""", 201)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -129,7 +145,11 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
         message = {404: "no such page", 405: "method not allowed here", 413: "request body too large"}.get(
             exc.code or 500, "bad request")
         status, headers, body = error_parts(code, message)
-        return Response(body, status=exc.code or status, headers=dict(headers))
+        out = dict(headers)
+        valid = getattr(exc, "valid_methods", None)
+        if valid:
+            out["allow"] = ", ".join(sorted(valid))
+        return Response(body, status=exc.code or status, headers=out)
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
@@ -137,3 +157,180 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
         return _error(WceError("internal error"))
 
     return app
+
+
+# POST /import and GET /metrics: plain ASGI, called by the dispatcher
+
+IMPORT_FIELD_MAX = 4096  # username and password fields
+IMPORT_FIELDS = ("username", "password")
+
+
+async def _send_json(send: Send, status: int, value: Any, headers: list[tuple[str, str]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+                            *((k.encode(), v.encode()) for k, v in headers)]})
+    await send({"type": "http.response.body", "body": json_bytes(value)})
+
+
+class _ClientGone(Exception):
+    """The uploader went away mid-body."""
+
+
+class ImportRoute:
+    """`POST /import`: multipart/form-data with `file` (a cenv SQLite file), `username`, `password`.
+
+    The body is streamed through a multipart decoder straight into an unlinked temporary file, under
+    `max_import_mb` (413 as soon as it is known to be over, connection closed). The fork server gets
+    the open file and checks and installs it in a forked child (wce.core.backup.import_file): the
+    gateway itself never opens SQLite. 201 `{"cenv", "url"}`; 422 for a file that is not a sound
+    cenv; 403 when the credentials are not those of an enabled admin of the file.
+    """
+
+    def __init__(self, config: ServerConfig, supervisor: Supervisor, metrics: Metrics) -> None:
+        self.config = config
+        self.supervisor = supervisor
+        self.metrics = metrics
+        self.limit = config.max_import_mb << 20
+        self.limiter = SlidingWindow(config.new_per_hour, 3600.0)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            cenv, url = await self._handle(scope, receive)
+        except _ClientGone:
+            return
+        except WceError as exc:
+            if not isinstance(exc, (MethodNotAllowed, RateLimited)):
+                self.metrics.imports["refused"] += 1
+            # the body may be unread: close the connection, so its rest is never taken for a request
+            status, headers, body = error_parts(exc.code, exc.message, getattr(exc, "retry_after", None))
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(k.encode(), v.encode()) for k, v in (*headers, ("connection", "close"))]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.metrics.imports["ok"] += 1
+        await _send_json(send, 201, {"cenv": cenv, "url": url}, [("location", url)])
+
+    async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, str]:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("use POST to upload a cenv file")
+        if not self.config.public_new:
+            raise Forbidden("importing cenvs is turned off on this server")
+        client = (scope.get("client") or ("",))[0]
+        retry = self.limiter.retry_after(client)
+        if retry:
+            raise RateLimited("too many cenvs created from this address; try again later", retry_after=retry)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            raise TooLarge(f"the upload is over {self.config.max_import_mb} MiB")
+        mimetype, options = parse_options_header(headers.get("content-type", ""))
+        boundary = options.get("boundary", "")
+        if mimetype != "multipart/form-data" or not boundary:
+            raise BadRequest("send multipart/form-data with the fields file, username and password")
+        self.limiter.hit(client)
+        self.supervisor.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=self.supervisor.run_dir) as upload:
+            fields = await self._receive_form(receive, boundary.encode("latin-1"), upload)
+            username, password = fields.get("username"), fields.get("password")
+            if not isinstance(username, str) or not isinstance(password, str) or fields.get("file") is None:
+                raise BadRequest("the fields file, username and password are required")
+            upload.flush()
+            cenv = new_id()
+            await self.supervisor.forkserver.import_file(cenv, upload.fileno(), username, password, client)
+        host = headers.get("host", "localhost")
+        return cenv, f"{scope.get('scheme', 'http')}://{host}/{cenv}/"
+
+    async def _receive_form(self, receive: Receive, boundary: bytes, upload: Any) -> dict[str, str | None]:
+        """Feed the body to the decoder; file bytes go to `upload`, the small fields to a dict."""
+        decoder = multipart.MultipartDecoder(boundary, max_form_memory_size=1 << 20, max_parts=8)
+        fields: dict[str, str | None] = {}
+        current: str | None = None
+        value = bytearray()
+        size = 0
+        done = False
+        while not done:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise TooLarge(f"the upload is over {self.config.max_import_mb} MiB")
+            more = msg.get("more_body", False)
+            try:
+                decoder.receive_data(chunk)
+                if not more:
+                    decoder.receive_data(None)
+                while True:
+                    event = decoder.next_event()
+                    if isinstance(event, multipart.NeedData):
+                        break
+                    if isinstance(event, multipart.File):
+                        current = "file" if event.name == "file" else None
+                        if current and "file" in fields:
+                            raise BadRequest("send one file")
+                        if current:
+                            fields["file"] = None
+                    elif isinstance(event, multipart.Field):
+                        current = event.name if event.name in IMPORT_FIELDS else None
+                        value.clear()
+                    elif isinstance(event, multipart.Data):
+                        if current == "file":
+                            upload.write(event.data)  # into the page cache: bounded by one received chunk
+                            if not event.more_data:
+                                fields["file"] = ""
+                        elif current is not None:
+                            value += event.data
+                            if len(value) > IMPORT_FIELD_MAX:
+                                raise BadRequest(f"the field {current} is too long")
+                            if not event.more_data:
+                                fields[current] = value.decode("utf-8", "replace")
+                    elif isinstance(event, multipart.Epilogue):
+                        done = True
+                        break
+            except RequestEntityTooLarge:
+                raise TooLarge("a form field is too large") from None
+            except ValueError:
+                raise BadRequest("malformed multipart/form-data body") from None
+            if not more and not done:
+                raise BadRequest("malformed multipart/form-data body")
+        return fields
+
+
+class MetricsRoute:
+    """`GET /metrics`: Prometheus text, only with `Authorization: Bearer <metrics token>`.
+
+    Without a configured token the route does not exist (404, like any unknown path). The token is
+    compared in constant time; a missing or wrong one is 401.
+    """
+
+    def __init__(self, config: ServerConfig, supervisor: Supervisor, metrics: Metrics) -> None:
+        self.token = config.metrics_token.encode()
+        self.supervisor = supervisor
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from .asgi import send_error
+
+        if not self.token:
+            await send_error(send, NotFound("no such page"))
+            return
+        given = b""
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                scheme, _, given = v.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    given = b""
+        if not hmac.compare_digest(given.strip(), self.token):
+            await send_error(send, Unauthenticated("a valid metrics token is required"))
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_error(send, MethodNotAllowed("use GET"))
+            return
+        stats = self.supervisor.statistics()
+        body = self.metrics.render(stats.live, stats.events).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                                (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+

@@ -47,6 +47,7 @@ async def _serve(config: ServerConfig, forkserver: ForkServer) -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     shutdown.set()
+                    app.end_streams()  # open event streams would hold hypercorn's graceful drain
 
         nursery.start_soon(on_signals)
         async with trio.open_nursery() as http:

@@ -49,6 +49,7 @@ class Supervisor:
         self._starting: dict[str, trio.Event] = {}
         self._stopping: dict[str, WorkerClient] = {}
         self.events: Counter[str] = Counter()
+        self._lost: set[str] = set()  # cenvs whose worker died or was killed: their next start is a restart
         self._closed = False
 
     def statistics(self) -> SupervisorStatistics:
@@ -104,6 +105,9 @@ class Supervisor:
             lst.close()
         pidfd = os.pidfd_open(pid)
         self.events["started"] += 1
+        if cenv in self._lost:
+            self._lost.discard(cenv)
+            self.events["restarted"] += 1
         try:
             with trio.fail_after(HELLO_TIMEOUT):
                 stream = await trio.open_unix_socket(str(path))
@@ -139,6 +143,7 @@ class Supervisor:
             if self._workers.get(w.cenv) is w:
                 del self._workers[w.cenv]
                 self.events["died"] += 1
+                self._note_lost(w.cenv)
             if self._stopping.get(w.cenv) is w:
                 del self._stopping[w.cenv]
             await w.aclose()
@@ -181,10 +186,16 @@ class Supervisor:
     def kill(self, w: WorkerClient, reason: str) -> None:
         """Kill a worker at once (it blew the hard deadline); its in-flight requests fail."""
         self.events[f"killed_{reason}"] += 1
+        self._note_lost(w.cenv)
         if self._workers.get(w.cenv) is w:
             del self._workers[w.cenv]
         self._stopping[w.cenv] = w
         w.kill()
+
+    def _note_lost(self, cenv: str) -> None:
+        if len(self._lost) >= 4 * self.config.max_workers:  # bounded: forgetting one only miscounts
+            self._lost.pop()
+        self._lost.add(cenv)
 
     async def _evict_over_cap(self) -> None:
         while len(self._workers) > self.config.max_workers:

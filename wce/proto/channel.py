@@ -34,12 +34,18 @@ class MessageChannel:
         await self.send_bytes(frame(encode(msg), self._max))
 
     async def send_bytes(self, data: bytes) -> None:
-        """Send pre-framed bytes (one or several frames)."""
-        async with self._send_lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise BrokenChannel(str(exc) or type(exc).__name__) from exc
+        """Send pre-framed bytes (one or several frames).
+
+        Shielded: a cancellation must never leave half a frame on the stream, which would make
+        every later message on the connection garbage. A peer that stops reading is a dead peer:
+        its owner kills it, which breaks the send.
+        """
+        with trio.CancelScope(shield=True):
+            async with self._send_lock:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise BrokenChannel(str(exc) or type(exc).__name__) from exc
 
     async def receive(self) -> Message:
         """Wait for the next message."""

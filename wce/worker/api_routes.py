@@ -13,7 +13,7 @@ from wce.core import accounts, audit, auth, permissions, settings, tables
 from wce.core.db import set_size_cap, transaction
 from wce.core.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from wce.core.permissions import Actor
-from wce.core.rows import Rows, parse_query
+from wce.core.rows import Rows, parse_int, parse_query
 
 from .http import Call, Reply, Router, json_reply
 from .offload import in_thread
@@ -179,10 +179,7 @@ async def put_policies(call: Call) -> Reply:
 # users
 
 def _user_id(call: Call) -> int:
-    try:
-        return int(call.params["id"])
-    except ValueError:
-        raise NotFound("no such user") from None
+    return parse_int(call.params["id"], NotFound("no such user"))
 
 
 async def list_users(call: Call) -> Reply:
@@ -254,7 +251,7 @@ async def patch_config(call: Call) -> Reply:
 
 async def list_audit(call: Call) -> Reply:
     require_admin(call)
-    args = dict(parse_qsl(call.req.query))
+    args = dict(parse_qsl(call.req.query, keep_blank_values=True))
     try:
         limit = int(args.get("limit", 50))
         before = int(args["before"]) if "before" in args else None

@@ -11,10 +11,10 @@ import sys
 import traceback
 
 from wce import proto
-from wce.core.errors import WceError
+from wce.core.errors import NotFound, WceError
 
-from . import api_routes, auth_routes
-from .http import Call, Reply, Router, error_reply
+from . import api_routes, auth_routes, events_routes, export_routes, pages_routes, scripts_routes
+from .http import Call, Handler, Reply, Router, StreamReply, error_reply
 from .tenant import Tenant
 
 
@@ -40,21 +40,47 @@ code,pre{{background:#f4f4f4;padding:.1rem .3rem}}</style></head>
 def build_router() -> Router:
     """Every route a worker serves."""
     router = Router()
-    router.add("GET", "/", home)
+    router.add("GET", "/", pages_routes.display_or(home))
     auth_routes.register_routes(router)
     api_routes.register_routes(router)
+    pages_routes.register_routes(router)
+    events_routes.register_routes(router)
+    scripts_routes.register_routes(router)
+    export_routes.register_routes(router)
     return router
 
 
 ROUTER = build_router()
 
 
-async def handle(tenant: Tenant, req: proto.Request) -> proto.Response:
-    """Answer one request; never raises for a request's own failure."""
+def route(method: str, path: str) -> tuple[Handler, dict[str, str]]:
+    """The handler of a request: a route, or for a GET no route claims, the page at that path."""
+    if path == "/fn" or path.startswith("/fn/"):
+        return scripts_routes.dispatch, {}
     try:
-        handler, params = ROUTER.match(req.method, req.path)
+        return ROUTER.match(method, path)
+    except NotFound:
+        if method in ("GET", "HEAD"):
+            return pages_routes.display, {}
+        raise
+
+
+async def handle(tenant: Tenant, req: proto.Request) -> proto.Response | StreamReply:
+    """Answer one request; never raises for a request's own failure.
+
+    Whatever the handler committed is published on the bus before the answer goes out (pages
+    re-rendered, listeners told), so a client that got its write acknowledged reads it back.
+    A streamed answer is returned as is, for the server to send.
+    """
+    try:
+        handler, params = route(req.method, req.path)
         call = Call(tenant, req, tenant.identify(req.identity), params)
         reply = await handler(call)
+        if isinstance(reply, StreamReply):
+            if req.method != "HEAD":
+                return reply
+            reply.stream.close()
+            reply = Reply(reply.status, reply.headers)
         if req.method == "HEAD":
             reply.body = b""
     except WceError as exc:
@@ -63,4 +89,6 @@ async def handle(tenant: Tenant, req: proto.Request) -> proto.Response:
         print(f"wce worker {tenant.cenv_id}: unhandled error on {req.method} {req.path}", file=sys.stderr)
         traceback.print_exc()
         reply = error_reply(WceError("internal error"))
+    finally:
+        tenant.bus.flush()
     return proto.Response(req.id, reply.status, reply.headers, reply.body)

@@ -7,7 +7,10 @@ of a fresh interpreter (~130 ms), and workers share the imported code copy-on-wr
 Requests arrive on a listening Unix socket, one per connection, as one frame of msgpack:
     {"op": "spawn", "cenv": ID}      + the worker's listening socket as SCM_RIGHTS -> {"ok", "pid"}
     {"op": "create", "cenv": ID, "username", "password", "ip"}   -> {"ok"} or {"ok": false, "code", "message"}
-`create` runs in a short-lived forked child (argon2 takes ~50 ms), which answers on the connection.
+    {"op": "import", "cenv": ID, "username", "password", "ip"} + the uploaded file as SCM_RIGHTS
+                                                                  -> {"ok"} or {"ok": false, "code", "message"}
+`create` and `import` run in a short-lived forked child (argon2 takes ~50 ms; checking a file takes
+longer), which answers on the connection.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import apsw  # noqa: F401, E402
 import starlark  # noqa: F401, E402
 import trio  # noqa: F401, E402
 
-from wce.core import auth, cenv  # noqa: E402
+from wce.core import auth, backup, cenv  # noqa: E402
 from wce.core.errors import WceError  # noqa: E402
 from wce.worker import server  # noqa: E402
 
@@ -155,6 +158,45 @@ def _create(config: ServerConfig, listener: socket.socket, conn: socket.socket, 
         os._exit(code)
 
 
+def _import(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any],
+            fds: list[int]) -> None:
+    """Check the uploaded file (an open descriptor from the gateway) and install it, in a child."""
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        _reply(conn, {"ok": False, "code": "internal", "message": "bad import request"})
+        return
+    pid = os.fork()
+    if pid != 0:
+        _children.add(pid)
+        os.close(fds[0])
+        return
+    code = 0
+    try:
+        _after_fork(listener, conn)
+        from wce.worker import limits
+
+        limits.apply_memory(config.memory_mb)
+        try:
+            username, password = msg.get("username"), msg.get("password")
+            if not isinstance(username, str) or not isinstance(password, str):
+                raise WceError("bad import request")
+            backup.import_file(config.data_path, f"/proc/self/fd/{fds[0]}", msg["cenv"],
+                               credentials=(username, password), ip=msg.get("ip"))
+            _reply(conn, {"ok": True})
+        except WceError as exc:
+            _reply(conn, {"ok": False, "code": exc.code, "message": exc.message})
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+        try:
+            _reply(conn, {"ok": False, "code": "internal", "message": "could not import the cenv"})
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
 def serve(listen_fd: int, config: ServerConfig) -> None:
     """Accept requests until SIGTERM (or the gateway's death), then stop every child."""
     listener = socket.socket(fileno=listen_fd)
@@ -177,6 +219,8 @@ def serve(listen_fd: int, config: ServerConfig) -> None:
                     for fd in fds:
                         os.close(fd)
                     _create(config, listener, conn, msg)
+                elif op == "import":
+                    _import(config, listener, conn, msg, fds)
                 else:
                     _reply(conn, {"ok": False, "code": "internal", "message": "unknown op"})
             except _Stop:

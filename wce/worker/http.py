@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from wce import proto
 from wce.core.accounts import User
@@ -26,6 +26,27 @@ class Reply:
     body: bytes = b""
 
 
+class Stream(Protocol):
+    """A streamed body (Server-Sent Events): its chunks, and a `close` the server always calls."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body, piece by piece; ends when the stream is over."""
+        ...
+
+    def close(self) -> None:
+        """Release what the stream holds; called however it ends (finished, cancelled, never started)."""
+        ...
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """An HTTP answer whose body is streamed: sent as StreamStart, StreamChunk*, StreamEnd."""
+
+    status: int
+    headers: Headers
+    stream: Stream
+
+
 def json_reply(value: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Reply:
     """A JSON answer, never cached by browsers or proxies."""
     return Reply(status, [("content-type", JSON), ("cache-control", "no-store"), *headers], json_bytes(value))
@@ -35,6 +56,8 @@ def error_reply(exc: WceError) -> Reply:
     """The contract's error shape for a domain error."""
     retry = getattr(exc, "retry_after", None)
     status, headers, body = error_parts(exc.code, exc.message, retry)
+    if isinstance(exc, MethodNotAllowed) and exc.allow:
+        headers.append(("allow", ", ".join(exc.allow)))
     return Reply(status, headers, body)
 
 
@@ -80,7 +103,7 @@ class Call:
         return self.req.client
 
 
-Handler = Callable[[Call], Awaitable[Reply]]
+Handler = Callable[[Call], Awaitable[Reply | StreamReply]]
 
 
 class Router:
@@ -121,7 +144,8 @@ class Router:
         if handler is None:
             if method == "HEAD" and "GET" in methods:
                 return methods["GET"], params
-            raise MethodNotAllowed(f"{method} is not allowed here; use {', '.join(sorted(methods))}")
+            allow = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
+            raise MethodNotAllowed(f"{method} is not allowed here; use {', '.join(sorted(methods))}", allow)
         return handler, params
 
 

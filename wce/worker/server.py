@@ -8,6 +8,7 @@ to a race with the idle timer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from wce.core import db
 from wce.core.ids import path_for
 
 from . import app, limits
+from .http import StreamReply
 from .tenant import Tenant
 
 HELLO_TIMEOUT = 10.0
@@ -42,6 +44,7 @@ class Worker:
         self.closing: str | None = None
         self.closing_event = trio.Event()
         self.done = trio.Event()
+        self.streams: set[trio.CancelScope] = set()  # one per streamed answer being sent
         tenant.notify = self.broadcast
 
     async def broadcast(self, topic: str, data: dict[str, Any]) -> None:
@@ -58,6 +61,8 @@ class Worker:
             return
         self.closing = reason
         self.closing_event.set()
+        for scope in list(self.streams):  # streams never end by themselves: end them now
+            scope.cancel()
         for ch in list(self.channels):
             try:
                 await ch.send(proto.Closing(reason))
@@ -118,17 +123,49 @@ class Worker:
             with scope:
                 limits.arm_cpu(int(self.tenant.settings["cpu_ms_per_request"]))
                 resp = await app.handle(self.tenant, req)
+                if isinstance(resp, StreamReply):
+                    await self.send_stream(ch, req.id, resp)
+                    return
                 try:
                     await ch.send(resp)
                 except proto.EncodeError:
                     traceback.print_exc()
                     await ch.send(proto.Error(req.id, "internal", "internal error"))
+                if self.tenant.retire_after_reply:  # a script blew the memory cap: start afresh
+                    await self.begin_closing("memory")
         except (proto.BrokenChannel, trio.ClosedResourceError):
             pass
         finally:
             scopes.pop(req.id, None)
             self.inflight -= 1
             self.last_active = trio.current_time()
+
+    async def send_stream(self, ch: MessageChannel, req_id: int, reply: StreamReply) -> None:
+        """Send a streamed answer: StreamStart, a StreamChunk per piece, StreamEnd.
+
+        It ends when the stream does, or at once when the worker begins closing (then StreamEnd is
+        still sent, so the client sees a clean end). A Cancel from the gateway cancels the
+        request's scope instead: nothing more is sent. Either way the stream is closed. Each frame
+        is sent shielded, so a cancellation never leaves half a frame on the connection.
+        """
+        try:
+            with trio.CancelScope(shield=True):
+                await ch.send(proto.StreamStart(req_id, reply.status, reply.headers))
+            with trio.CancelScope() as ending:
+                self.streams.add(ending)
+                if self.closing:
+                    ending.cancel()
+                try:
+                    async with contextlib.aclosing(reply.stream.chunks()) as chunks:  # type: ignore[type-var]
+                        async for data in chunks:
+                            with trio.CancelScope(shield=True):
+                                await ch.send(proto.StreamChunk(req_id, data))
+                finally:
+                    self.streams.discard(ending)
+            with trio.CancelScope(shield=True):
+                await ch.send(proto.StreamEnd(req_id))
+        finally:
+            reply.stream.close()
 
     async def watch_idle(self) -> None:
         """Begin closing after `idle_timeout` seconds with nothing in flight."""

@@ -9,11 +9,16 @@ from typing import Any
 import apsw
 
 from wce.config import ServerConfig
-from wce.core import accounts, cenv, db, schema, settings, sqlguard
+from wce.core import accounts, cenv, db, events, schema, settings, sqlguard
 from wce.core.permissions import Access
 from wce.core.tables import Catalog
 from wce.core.errors import Unauthenticated
 from wce.core.throttle import SlidingWindow
+
+from .events_hub import EventHub
+from .scripting import ScriptRegistry
+from .triggers import TriggerRunner
+from .render_cache import RenderCache
 
 # Failed logins: per client address and per username, in a 15-minute window.
 LOGIN_FAILURES_PER_IP = 30
@@ -37,6 +42,18 @@ class Tenant:
         self.settings: dict[str, Any] = settings.read(conn, config.cenv_defaults())
         self.failed_by_ip = SlidingWindow(LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
         self.failed_by_user = SlidingWindow(LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
+        self.scripts = ScriptRegistry(self)
+        self.triggers = TriggerRunner(self)
+        self.retire_after_reply = False  # set when a script hit the memory cap: answer, then exit
+        # Commit hooks, then their subscribers in delivery order: pages are re-rendered before any
+        # realtime listener hears of the commit, so a client that reacts by fetching sees them.
+        self.bus = events.EventBus(conn)
+        self.render_cache = RenderCache(conn, self.guard, self.access, run_context=self.scripts.run_context)
+        self.bus.subscribe(self.render_cache.on_change)
+        self.bus.subscribe(self.triggers.on_change)
+        self.events = EventHub(self.bus, self.access, self.guard)
+        self.render_cache.start()
+        self.bus.flush()
 
     @classmethod
     def open(cls, cenv_id: str, path: Path, config: ServerConfig) -> Tenant:
@@ -74,8 +91,11 @@ class Tenant:
             await self.notify("settings", self.gateway_settings())
 
     def close(self) -> None:
-        """Checkpoint and close the file."""
+        """Publish what is left, mark the render cache current, checkpoint and close the file."""
         try:
+            self.bus.flush()
+            self.render_cache.mark_clean()
+            self.bus.close()
             self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
         finally:
             self.conn.close()

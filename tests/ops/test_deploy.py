@@ -1,0 +1,122 @@
+"""deploy/: the systemd unit is valid and hardened, the environment file names real settings, the
+nginx configuration parses."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import ROOT
+
+DEPLOY = ROOT / "deploy"
+UNIT = DEPLOY / "wce.service"
+
+
+def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
+    """Key -> every value given in the unit (systemd allows repeats)."""
+    out: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";", "[")) and "=" in line:
+            k, _, v = line.partition("=")
+            out.setdefault(k.strip(), []).append(v.strip())
+    return out
+
+
+def stop_timeout() -> float:
+    """TimeoutStopSec of the unit, in seconds (what the SIGTERM test must stay within)."""
+    return float(unit_settings()["TimeoutStopSec"][0])
+
+
+def test_unit_is_hardened_as_documented() -> None:
+    s = {k: v[-1] for k, v in unit_settings().items()}
+    assert s["User"] == "wce" and s["Group"] == "wce"
+    assert s["ProtectSystem"] == "strict"
+    assert s["ReadWritePaths"] == "/var/lib/wce" and s["StateDirectory"] == "wce"
+    for key in ("PrivateTmp", "NoNewPrivileges", "ProtectHome", "PrivateDevices", "RestrictSUIDSGID",
+                "ProtectKernelTunables", "ProtectKernelModules", "ProtectControlGroups", "LockPersonality"):
+        assert s[key] == "yes", key
+    assert s["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert s["CapabilityBoundingSet"] == ""
+    assert s["MemoryMax"] and s["TasksMax"]
+    assert s["KillMode"] == "mixed" and s["KillSignal"] == "SIGTERM"
+    # the stop timeout leaves room for the server's own graceful drain (10 s) and worker stop (10 s)
+    assert stop_timeout() >= 30
+    # the per-worker rlimits must stay possible: setrlimit (@resources) is not filtered out
+    assert not any("@resources" in v for v in unit_settings()["SystemCallFilter"] if v.startswith("~"))
+    # the data folder of the env file is the unit's writable one
+    env = dict(line.split("=", 1) for line in (DEPLOY / "wce.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env["WCE_DATA"] == "/var/lib/wce"
+
+
+def test_env_file_names_only_real_settings() -> None:
+    from wce.config import ENV
+
+    names = [line.split("=", 1)[0] for line in (DEPLOY / "wce.env").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert names and set(names) <= set(ENV.values())
+    assert {"WCE_HOST", "WCE_PORT", "WCE_DATA", "WCE_METRICS_TOKEN", "WCE_MAX_IMPORT_MB"} <= set(names)
+
+
+def _verifiable_copy(tmp_path: Path) -> Path:
+    """The unit with its install paths pointed at this checkout (verify checks that they exist)."""
+    env = tmp_path / "wce.env"
+    shutil.copy(DEPLOY / "wce.env", env)
+    text = UNIT.read_text().replace("/opt/wce/.venv/bin/wce", str(Path(sys.executable).parent / "wce"))
+    text = re.sub(r"^EnvironmentFile=.*$", f"EnvironmentFile={env}", text, flags=re.M)
+    text = text.replace("file:///opt/wce/deploy/README.md", f"file://{DEPLOY / 'README.md'}")
+    copy = tmp_path / "wce.service"
+    copy.write_text(text)
+    return copy
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    r = subprocess.run(["systemd-analyze", "verify", str(_verifiable_copy(tmp_path))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "wce.service" not in r.stderr, r.stderr  # no warning about our unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_systemd_analyze_security_exposure_is_low(tmp_path: Path) -> None:
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(_verifiable_copy(tmp_path))],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for wce\.service: ([\d.]+) (\w+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert float(m.group(1)) <= 2.0, m.group(0)  # systemd calls < 2.0 "OK"; deploy/README.md quotes it
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (make test-cluster installs it)")
+def test_nginx_cluster_config_parses(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"""pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;
+events {{}}
+http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path};
+include {DEPLOY / "nginx-cluster.conf"}; }}
+""")
+    r = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_litestream_config_replicates_every_cenv_file() -> None:
+    text = (DEPLOY / "litestream.yml").read_text()
+    assert "dir: /var/lib/wce" in text and 'pattern: "*.sqlite"' in text and "watch: true" in text
+    # WCE's temporary names never match the pattern
+    from fnmatch import fnmatch
+
+    for temp in (".abc.1234.creating", ".abc.1234.importing", ".abc.1234.exporting", ".abc.1234.deleting"):
+        assert not fnmatch(temp, "*.sqlite")
+
+
+def test_docs_link_the_operations_guide() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "deploy/README.md" in readme and "SECURITY.md" in readme
+    guide = (DEPLOY / "README.md").read_text()
+    assert "systemd-analyze security" in guide and "Overall exposure" in guide

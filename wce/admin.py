@@ -1,0 +1,280 @@
+"""The operator's commands on a data folder: list, users, export, import, check, delete.
+
+Each works straight on the cenv files with wce.core and is safe while the server runs: writes go
+through SQLite transactions with a busy timeout (the worker's connection sees them at once),
+copies are online backups, and `delete` renames the file away before it asks a live worker to
+stop. Errors are one line on stderr and exit status 1; `check` exits 1 when a cenv is unsound.
+Passwords come from the prompt or the first line of stdin, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .config import ServerConfig
+
+T = TypeVar("T")
+COMMANDS = ("list", "users", "export", "import", "check", "delete")
+STOP_TIMEOUT = 30.0
+
+
+class CommandError(Exception):
+    """A command failed: its message is the one line the operator sees."""
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the admin subcommands to `wce`'s subparsers."""
+    p = sub.add_parser("list", help="list cenvs with size and last use")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    users = sub.add_parser("users", help="manage the users of a cenv")
+    us = users.add_subparsers(dest="users_command", required=True)
+    ua = us.add_parser("add", help="add a user; the password is read from a prompt or stdin")
+    ua.add_argument("cenv")
+    ua.add_argument("username")
+    ua.add_argument("--role", default="user")
+    up = us.add_parser("passwd", help="set a user's password (their sessions end)")
+    up.add_argument("cenv")
+    up.add_argument("username")
+    ul = us.add_parser("list", help="list a cenv's users")
+    ul.add_argument("cenv")
+    ex = sub.add_parser("export", help="write a consistent copy of a cenv to FILE (online backup)")
+    ex.add_argument("cenv")
+    ex.add_argument("file")
+    ex.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    im = sub.add_parser("import", help="check a cenv file and install a copy under a new id (printed)")
+    im.add_argument("file")
+    sub.add_parser("check", help="check the integrity of every cenv; exit 1 on a problem")
+    de = sub.add_parser("delete", help="delete a cenv (asks first)")
+    de.add_argument("cenv")
+    de.add_argument("--yes", action="store_true", help="do not ask")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one admin command; the exit status."""
+    from .core.errors import WceError
+
+    data = ServerConfig(data=args.data).data_path
+    try:
+        if not data.is_dir():
+            raise CommandError(f"no data folder {data}")
+        handler: Callable[[Path, argparse.Namespace], int] = HANDLERS[args.command]
+        return handler(data, args)
+    except CommandError as exc:
+        print(f"wce: {exc}", file=sys.stderr)
+    except WceError as exc:
+        print(f"wce: {exc.message}", file=sys.stderr)
+    except ValueError as exc:  # path_for: not a cenv id
+        print(f"wce: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"wce: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+    except KeyboardInterrupt:
+        print("wce: interrupted", file=sys.stderr)
+    return 1
+
+
+def progress(items: list[T], label: str) -> Iterator[T]:
+    """Yield items; draw a bar on stderr while doing so, only when stderr is a terminal."""
+    tty = sys.stderr.isatty() and len(items) > 1
+    total = len(items)
+    for i, item in enumerate(items):
+        if tty:
+            done = int(30 * i / total)
+            sys.stderr.write(f"\r{label} [{'#' * done}{'.' * (30 - done)}] {i}/{total}")
+            sys.stderr.flush()
+        yield item
+    if tty:
+        sys.stderr.write(f"\r{label} [{'#' * 30}] {total}/{total}\n")
+        sys.stderr.flush()
+
+
+def read_password(confirm: bool = True) -> str:
+    """From the prompt (twice), or the first line of stdin when it is not a terminal."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    pw = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Again: ") != pw:
+        raise CommandError("passwords differ")
+    return pw
+
+
+def _cenv_path(data: Path, cenv: str) -> Path:
+    from .core.ids import path_for
+
+    path = path_for(data, cenv)
+    if not path.exists():
+        raise CommandError(f"no cenv {cenv}")
+    return path
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# commands
+
+def cmd_list(data: Path, args: argparse.Namespace) -> int:
+    from .core import backup
+
+    rows = [backup.info(data, c) for c in backup.cenv_ids(data)]
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.last_used))
+        if args.json:
+            print(json.dumps({"cenv": r.id, "size": r.size, "last_used": r.last_used}))
+        else:
+            print(f"{r.id}  {_human(r.size):>10}  {when}")
+    return 0
+
+
+def _connect(path: Path) -> Any:
+    from .core import db
+
+    return db.connect(str(path))
+
+
+def cmd_users(data: Path, args: argparse.Namespace) -> int:
+    from .core import accounts, auth, permissions
+    from .core.errors import NotFound
+
+    conn = _connect(_cenv_path(data, args.cenv))
+    try:
+        if args.users_command == "list":
+            for u in accounts.list_users(conn):
+                print(f"{u['id']:>5}  {u['username']:<24} {u['role']:<12}{'  disabled' if u['disabled'] else ''}")
+            return 0
+        username = auth.check_username(args.username)
+        if args.users_command == "add":
+            role = permissions.check_role(args.role, allow_anon=False)
+            pw_hash = auth.hash_password(auth.check_password(read_password()))
+            user = accounts.create_user(conn, username, pw_hash, role, actor="cli", ip="cli")
+            print(user.id)
+            return 0
+        cand = conn.execute("SELECT id FROM _wce_users WHERE username = ?", (username,)).fetchone()
+        if cand is None:
+            raise NotFound(f"no user {username} in this cenv")
+        pw_hash = auth.hash_password(auth.check_password(read_password()))
+        accounts.update_user(conn, int(cand[0]), role=None, disabled=None, password_hash=pw_hash, actor="cli", ip="cli")
+        print(f"password of {username} changed; their sessions are revoked", file=sys.stderr)
+        return 0
+    finally:
+        conn.close()
+
+
+def cmd_export(data: Path, args: argparse.Namespace) -> int:
+    from .core import backup
+
+    _cenv_path(data, args.cenv)
+    out = backup.export(data, args.cenv, args.file, overwrite=args.force)
+    print(f"exported {args.cenv} to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(data: Path, args: argparse.Namespace) -> int:
+    from .core import backup
+    from .core.ids import new_id
+
+    if not Path(args.file).is_file():
+        raise CommandError(f"no file {args.file}")
+    cenv = new_id()
+    backup.import_file(data, args.file, cenv, actor="cli", ip="cli")
+    print(cenv)
+    return 0
+
+
+def cmd_check(data: Path, args: argparse.Namespace) -> int:
+    from .core import backup
+
+    bad = 0
+    ids = backup.cenv_ids(data)
+    for cenv in progress(ids, "checking"):
+        result = backup.check(data, cenv)
+        if not result.ok:
+            bad += 1
+            print(f"{cenv}: {'; '.join(result.problems)}")
+    print(f"{len(ids)} cenvs checked, {bad} with problems", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_delete(data: Path, args: argparse.Namespace) -> int:
+    from .core import backup
+
+    _cenv_path(data, args.cenv)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CommandError("refusing to delete without a terminal to ask on; add --yes")
+        answer = input(f"Delete cenv {args.cenv} and all its data? Type its id to confirm: ")
+        if answer.strip() != args.cenv:
+            raise CommandError("not confirmed; nothing deleted")
+    run_dir = ServerConfig(data=str(data)).runtime_path
+    backup.delete(data, args.cenv, lambda: stop_worker(run_dir, args.cenv))
+    print(f"deleted {args.cenv}", file=sys.stderr)
+    return 0
+
+
+def stop_worker(run_dir: Path, cenv: str, timeout: float = STOP_TIMEOUT) -> bool:
+    """Ask the cenv's live worker, if any, to finish what is in flight and exit; wait for it.
+
+    Speaks the worker's own protocol on its socket, as a gateway would: Hello, then Shutdown. The
+    worker tells every gateway it is closing, so they send it nothing new. True if one was stopped.
+    """
+    from . import proto
+
+    path = run_dir / f"{cenv}.sock"
+    if not path.exists():
+        return False
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        sock.connect(str(path))
+        sock.sendall(proto.frame(proto.encode(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {"client": "wce-admin"}))))
+        hello = _receive(sock)
+        if not isinstance(hello, proto.Hello):
+            return False
+        pid = int(hello.info.get("pid", 0))
+        sock.sendall(proto.frame(proto.encode(proto.Shutdown())))
+    except (OSError, proto.ProtocolError):
+        return False
+    finally:
+        sock.close()
+    deadline = time.monotonic() + timeout
+    while pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def _receive(sock: socket.socket) -> Any:
+    from . import proto
+
+    decoder = proto.FrameDecoder()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise OSError("the worker closed the connection")
+        frames = decoder.feed(chunk)
+        if frames:
+            return proto.decode(frames[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+HANDLERS: dict[str, Callable[[Path, argparse.Namespace], int]] = {
+    "list": cmd_list, "users": cmd_users, "export": cmd_export, "import": cmd_import,
+    "check": cmd_check, "delete": cmd_delete,
+}

@@ -1,0 +1,206 @@
+"""The browser editor: its shell page, its bundled assets, and the gateway's CSRF check.
+
+- `GET /{cenv}/_/` is the shell: a small HTML page that loads the bundle. It holds no data (the
+  app signs in and reads everything through the cenv's own API), so it is served by the gateway
+  without waking the cenv's worker; an unknown cenv is a 404 all the same.
+- `GET /_/assets/{name}` serves the bundle that `npm run build` wrote to static/dist/ (see
+  static/editor/build.mjs). File names carry a content hash, so the answers are cached for a
+  year (`immutable`) and shared by every cenv; only the names listed in the build's manifest are
+  served, precompressed (brotli or gzip, by `Accept-Encoding`).
+- `check_csrf` refuses a state-changing request that a browser sent from another origin while
+  the session cookie authenticates it (the cookie is SameSite=Lax, this is the second lock), and
+  any cross-origin state-changing request to `/auth/...` (login CSRF). A request with a Bearer
+  token is not CSRF-able and is never refused here.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from wce.core.errors import Forbidden, MethodNotAllowed, NotFound, Unavailable, WceError
+from wce.responses import error_parts
+
+Scope = dict[str, Any]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+DIST = Path(__file__).resolve().parents[2] / "static" / "dist"
+ASSETS = "/_/assets/"
+SHELL_PATH = "/_/"
+
+CSP = "; ".join([
+    "default-src 'none'",
+    "script-src 'self'",
+    # Monaco writes its theme and decoration rules into <style> elements at run time
+    "style-src 'self' 'unsafe-inline'",
+    "font-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "worker-src 'self'",
+    "frame-src 'self'",  # the preview: the cenv's own pages, in a sandboxed iframe
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+
+SHELL_HEADERS = [
+    ("content-type", "text/html; charset=utf-8"),
+    ("cache-control", "no-store"),
+    ("content-security-policy", CSP),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "same-origin"),
+    ("cross-origin-opener-policy", "same-origin"),
+]
+
+SHELL = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>WCE editor</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="{css}">
+<link rel="modulepreload" href="{app}">
+<meta name="wce-worker" content="{worker}">
+<script type="module" src="{app}"></script>
+</head><body><div id="app"><p class="boot">Loading the editor&hellip;</p></div></body></html>
+"""
+
+TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".ttf": "font/ttf",
+         ".woff2": "font/woff2", ".svg": "image/svg+xml"}
+ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class Editor:
+    """Serves the shell and the assets; reads static/dist/manifest.json once it exists."""
+
+    def __init__(self, supervisor: Any, dist: Path = DIST) -> None:
+        self.supervisor = supervisor  # its exists(cenv) is one stat: no worker is started
+        self.dist = dist
+        self._shell: bytes | None = None
+        self._names: frozenset[str] = frozenset()
+        self._files: dict[tuple[str, str], bytes] = {}
+
+    def _load(self) -> bool:
+        if self._shell is not None:
+            return True
+        try:
+            manifest = json.loads((self.dist / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        self._names = frozenset(manifest.get("sizes", {}))
+        self._shell = SHELL.format(**{k: html.escape(ASSETS + manifest[k]) for k in ("app", "css", "worker")}).encode()
+        return True
+
+    async def shell(self, scope: Scope, send: Send, cenv: str, rest: str) -> None:
+        """`/{cenv}/_` and everything under it (rest starts with `/_`)."""
+        try:
+            if rest == "/_":
+                await _send(send, scope, 308, [("location", f"/{cenv}/_/"), ("content-length", "0")], b"")
+                return
+            if rest != SHELL_PATH:
+                raise NotFound("no such page")
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed("the editor page is read with GET")
+            if not self.supervisor.exists(cenv):
+                raise NotFound("no such cenv")
+            if not self._load():
+                raise Unavailable("the editor is not built on this server (run `make build`)")
+            assert self._shell is not None
+            await _send(send, scope, 200, SHELL_HEADERS, self._shell)
+        except WceError as exc:
+            await _send_error(send, exc)
+
+    async def asset(self, scope: Scope, send: Send, path: str) -> None:
+        """`/_/assets/{name}`: one file of the build, compressed if the client takes it."""
+        try:
+            name = path[len(ASSETS):]
+            if not self._load() or name not in self._names:
+                raise NotFound("no such asset")
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed("assets are read with GET")
+            encoding, suffix = _encoding(scope["headers"])
+            body = await self._read(name, suffix)
+        except WceError as exc:
+            await _send_error(send, exc)
+            return
+        headers = [("content-type", TYPES.get(Path(name).suffix, "application/octet-stream")),
+                   ("cache-control", "public, max-age=31536000, immutable"),
+                   ("vary", "accept-encoding"), ("x-content-type-options", "nosniff"),
+                   ("cross-origin-resource-policy", "same-origin"), ("content-length", str(len(body)))]
+        if encoding:
+            headers.append(("content-encoding", encoding))
+        await _send(send, scope, 200, headers, body)
+
+    async def _read(self, name: str, suffix: str) -> bytes:
+        key = (name, suffix)
+        body = self._files.get(key)
+        if body is None:
+            try:
+                body = await trio.to_thread.run_sync((self.dist / (name + suffix)).read_bytes)
+            except OSError:
+                raise NotFound("no such asset") from None
+            self._files[key] = body
+        return body
+
+
+def _encoding(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """The best precompressed variant the client accepts: ("br", ".br"), ("gzip", ".gz") or ("", "")."""
+    accepted: set[str] = set()
+    for k, v in headers:
+        if k == b"accept-encoding":
+            for item in v.decode("latin-1").split(","):
+                token, _, params = item.strip().partition(";")
+                q = params.strip().replace(" ", "")
+                if q in ("q=0", "q=0.0", "q=0.00", "q=0.000"):
+                    continue
+                accepted.add(token.strip().lower())
+    for encoding, suffix in ENCODINGS:
+        if encoding in accepted:
+            return encoding, suffix
+    return "", ""
+
+
+def check_csrf(scope: Scope, rest: str, cookie: bool) -> None:
+    """Raise Forbidden for a cross-origin state-changing request that could ride the browser's
+    cookie: an unsafe method with the session cookie (and no Bearer token, which the caller
+    reports as cookie=False), or any unsafe request to /auth/ (logging a victim in as someone
+    else). Browsers say where a request comes from in `Sec-Fetch-Site` (preferred) or `Origin`;
+    a request with neither is not from a browser page and passes.
+    """
+    if scope["method"] not in UNSAFE_METHODS or not (cookie or rest.startswith("/auth/")):
+        return
+    site = origin = host = None
+    for k, v in scope["headers"]:
+        if k == b"sec-fetch-site":
+            site = v.decode("latin-1").strip().lower()
+        elif k == b"origin":
+            origin = v.decode("latin-1").strip()
+        elif k == b"host":
+            host = v.decode("latin-1").strip().lower()
+    if site is not None:
+        if site in ("same-origin", "none"):
+            return
+    elif origin is None:
+        return
+    elif origin != "null" and host is not None and urlsplit(origin.lower()).netloc == host:
+        return
+    raise Forbidden("cross-site request refused: state-changing requests signed in by cookie must come from this site")
+
+
+async def _send(send: Send, scope: Scope, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+async def _send_error(send: Send, exc: WceError) -> None:
+    status, headers, body = error_parts(exc.code, exc.message)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers]})
+    await send({"type": "http.response.body", "body": body})

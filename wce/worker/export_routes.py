@@ -1,0 +1,72 @@
+"""`GET /{cenv}/api/export`: a consistent copy of the cenv file, for its admins.
+
+The same code as `wce export` (wce.core.backup): an online backup taken on a connection of its
+own in a thread, so this worker keeps answering (and writing) meanwhile. The copy is an unlinked
+temporary file, streamed in pieces with its length announced, so a cut-off download is visible as
+such and nothing is left on disk whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import trio
+
+from wce.core import audit, backup
+from wce.core.db import transaction
+
+from .api_routes import require_admin
+from .http import Call, Router, StreamReply
+
+CHUNK = 256 << 10
+
+
+class FileStream:
+    """A streamed body read from an open file descriptor, closed however the stream ends."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The file's bytes, a piece at a time."""
+        while True:
+            data = os.pread(self.fd, CHUNK, self.offset)
+            if not data:
+                return
+            self.offset += len(data)
+            yield data
+            await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close the descriptor (the file was unlinked when opened: this frees it)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def export(call: Call) -> StreamReply:
+    """The cenv file as `application/vnd.sqlite3`, as an attachment."""
+    admin = require_admin(call)
+    t = call.tenant
+    fd, size = await trio.to_thread.run_sync(backup.open_snapshot, t.path.parent, t.cenv_id)
+    try:
+        with transaction(t.conn):
+            audit.record(t.conn, "cenv.export", actor=admin.username, target=t.cenv_id, ip=call.client)
+    except BaseException:
+        os.close(fd)
+        raise
+    headers = [
+        ("content-type", "application/vnd.sqlite3"),
+        ("content-disposition", f'attachment; filename="{t.cenv_id}.sqlite"'),
+        ("content-length", str(size)),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+    ]
+    return StreamReply(200, headers, FileStream(fd))
+
+
+def register_routes(router: Router) -> None:
+    """Add the export route."""
+    router.add("GET", "/api/export", export)

@@ -1,0 +1,188 @@
+"""Starlark endpoints and triggers: `/{cenv}/api/endpoints`, `/api/triggers`, `/api/logs`, and
+the calls themselves at `/{cenv}/fn/...`."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthenticated, WceError
+from wce.core import openapi
+from wce.core.rows import parse_int
+from wce.core.scripts import store
+
+from .api_routes import actor_of, require_admin
+from .http import Call, Reply, Router, error_reply, json_reply
+from .scripting import ScriptHost, compile_in_child, endpoint_reply, execute, public_error
+
+
+def _id(call: Call) -> int:
+    return parse_int(call.params["id"], NotFound("no such script"))
+
+
+def _crud(kind: str) -> dict[str, Any]:
+    async def listing(call: Call) -> Reply:
+        require_admin(call)
+        return json_reply({f"{kind}s": store.list_scripts(call.tenant.conn, kind)})
+
+    async def create(call: Call) -> Reply:
+        admin = require_admin(call)
+        saved = store.save(call.tenant.conn, kind, call.json(), None, actor=admin.username, ip=call.client,
+                           compile_check=compile_in_child)
+        call.tenant.scripts.invalidate()
+        return json_reply(saved, status=201)
+
+    async def get(call: Call) -> Reply:
+        require_admin(call)
+        return json_reply(store.get_script(call.tenant.conn, kind, _id(call)))
+
+    async def put(call: Call) -> Reply:
+        admin = require_admin(call)
+        saved = store.save(call.tenant.conn, kind, call.json(), _id(call), actor=admin.username, ip=call.client,
+                           compile_check=compile_in_child)
+        call.tenant.scripts.invalidate()
+        return json_reply(saved)
+
+    async def delete(call: Call) -> Reply:
+        admin = require_admin(call)
+        store.delete(call.tenant.conn, kind, _id(call), actor=admin.username, ip=call.client)
+        call.tenant.scripts.invalidate()
+        return Reply(204, [("cache-control", "no-store")])
+
+    return {"list": listing, "create": create, "get": get, "put": put, "delete": delete}
+
+
+def _raw_request(call: Call, method: str, path: str, params: dict[str, str], query: str,
+                 headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    text = body.decode("utf-8", "replace")
+    parsed = None
+    if body:
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+    user = call.user
+    return {
+        "method": method, "path": path, "params": params,
+        "query": dict(parse_qsl(query, keep_blank_values=True)), "headers": headers, "body": text,
+        "json": parsed, "user": {"id": user.id, "username": user.username, "role": user.role} if user else None,
+    }
+
+
+def _check_access(call: Call, access: str) -> None:
+    if access == "public":
+        return
+    if call.user is None:
+        raise Unauthenticated("sign in to call this endpoint")
+    if access == "admin" and call.user.role != "admin":
+        raise Forbidden("admins only")
+
+
+async def dispatch(call: Call) -> Reply:
+    """`ANY /{cenv}/fn/{path}`: route to an endpoint and call its handle_request(ctx)."""
+    t = call.tenant
+    path = call.req.path[len("/fn"):] or "/"
+    method = "GET" if call.req.method == "HEAD" else call.req.method
+    sid, params, allowed = t.scripts.router().match(method, path)
+    if sid is None:
+        if allowed:
+            allow = sorted({*allowed, *(["HEAD"] if "GET" in allowed else [])})
+            raise MethodNotAllowed(f"{call.req.method} is not allowed here; use {', '.join(sorted(allowed))}", allow)
+        raise NotFound("no endpoint at this path")
+    info, compiled = t.scripts.compiled(sid)
+    _check_access(call, info["access"])
+    actor = actor_of(call)
+    host = ScriptHost(t, actor, call.client, f"endpoint:{sid}")
+    raw = _raw_request(call, call.req.method, path, params, call.req.query, dict(call.req.headers), call.req.body)
+    try:
+        value, _ = execute(t, compiled, raw, host)
+        status, headers, body = endpoint_reply(value)
+    except WceError as exc:
+        _log(t, sid, host)
+        return error_reply(public_error(exc, actor.is_admin))
+    _log(t, sid, host)
+    return Reply(status, [*headers, ("cache-control", "no-store")], body)
+
+
+def _log(tenant: Any, sid: int, host: ScriptHost) -> None:
+    if host.lines:
+        store.log_lines(tenant.conn, sid, "endpoint", host.lines)
+
+
+async def test_endpoint(call: Call) -> Reply:
+    """Run an endpoint on a sample request as the calling admin; its writes are rolled back."""
+    require_admin(call)
+    t = call.tenant
+    sid = _id(call)
+    store.get_script(t.conn, "endpoint", sid)
+    info, compiled = t.scripts.compiled(sid)
+    sample = call.json_object() if call.req.body else {}
+    if set(sample) - {"method", "path", "params", "query", "headers", "body", "json"}:
+        raise BadRequest("a sample request may have method, path, params, query, headers, body, json")
+    body = sample.get("body")
+    if "json" in sample:
+        body = json.dumps(sample["json"])
+    if body is not None and not isinstance(body, str):
+        raise BadRequest("body must be a string (or give json)")
+    headers = sample.get("headers") or {}
+    params = sample.get("params") or {}
+    query = sample.get("query") or {}
+    if not all(isinstance(d, dict) for d in (headers, params, query)):
+        raise BadRequest("headers, params and query must be objects")
+    raw = _raw_request(call, str(sample.get("method", info["method"])), str(sample.get("path", info["path"])),
+                       {str(k): str(v) for k, v in params.items()},
+                       "&".join(f"{k}={v}" for k, v in query.items()),
+                       {str(k).lower(): str(v) for k, v in headers.items()}, (body or "").encode())
+    host = ScriptHost(t, actor_of(call), call.client, f"endpoint:{sid}")
+    started = time.perf_counter()
+    try:
+        value, cpu_ms = execute(t, compiled, raw, host, commit=False)
+        status, resp_headers, resp_body = endpoint_reply(value)
+        text = resp_body.decode("utf-8", "replace")
+        result: dict[str, Any] = {"status": status, "headers": dict(resp_headers), "body": text}
+        error = None
+    except WceError as exc:
+        shown = public_error(exc, True)
+        result = {"status": error_reply(shown).status, "headers": {}, "body": ""}
+        error = {"code": shown.code, "message": shown.message,
+                 "line": getattr(shown, "line", None), "column": getattr(shown, "column", None)}
+    duration = (time.perf_counter() - started) * 1000
+    return json_reply({"response": result, "error": error, "printed": host.lines,
+                       "duration_ms": round(duration, 2), "rolled_back": True})
+
+
+async def read_logs(call: Call) -> Reply:
+    """What scripts printed, newest first."""
+    require_admin(call)
+    args = dict(parse_qsl(call.req.query, keep_blank_values=True))
+    try:
+        limit = int(args.get("limit", 100))
+        before = int(args["before"]) if "before" in args else None
+    except ValueError:
+        raise BadRequest("limit and before must be integers") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequest("limit must be between 1 and 1000")
+    return json_reply({"lines": store.read_log(call.tenant.conn, limit, before)})
+
+
+def register_routes(router: Router) -> None:
+    """Bind this module's handlers (`/fn/...` is dispatched by wce.worker.app.route)."""
+    for kind in ("endpoint", "trigger"):
+        h = _crud(kind)
+        router.add("GET", f"/api/{kind}s", h["list"])
+        router.add("POST", f"/api/{kind}s", h["create"])
+        router.add("GET", f"/api/{kind}s/{{id}}", h["get"])
+        router.add("PUT", f"/api/{kind}s/{{id}}", h["put"])
+        router.add("DELETE", f"/api/{kind}s/{{id}}", h["delete"])
+    router.add("POST", "/api/endpoints/{id}/test", test_endpoint)
+    router.add("GET", "/api/logs", read_logs)
+    router.add("GET", "/api/openapi.json", openapi_document)
+
+
+async def openapi_document(call: Call) -> Reply:
+    """`GET /{cenv}/api/openapi.json`: the API as this caller may use it."""
+    t = call.tenant
+    return json_reply(openapi.document(t.cenv_id, list(t.catalog.all().values()), t.access, actor_of(call),
+                                       store.list_scripts(t.conn, "endpoint")))
