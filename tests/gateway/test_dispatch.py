@@ -20,6 +20,9 @@ class RecordingSupervisor:
         self.asked: list[str] = []
         self.forkserver = None
 
+    def live(self, cenv: str) -> Any:
+        return None  # no worker is running: the page fast path has nothing to serve
+
     async def get(self, cenv: str) -> Any:
         self.asked.append(cenv)
         raise NotFound("no such cenv")

@@ -77,6 +77,12 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
+def _etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match semantics as the worker applies them (weak comparison, `*`)."""
+    tags = [tag.strip() for tag in header.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     """A receive callable that yields an already-read body, then defers to the real one."""
     sent = False
@@ -170,7 +176,7 @@ class Gateway:
                 await out({"type": "http.response.body", "body": b""})
             elif path[27:29] == "/_" and (len(path) == 29 or path[29] == "/"):
                 await self.editor.shell(scope, out, cenv, path[27:])
-            else:
+            elif not await self.cached_page(scope, out, cenv, path[27:]):
                 await self.forward(scope, receive, out, cenv, path[27:])
         finally:
             seconds = perf_counter() - t0
@@ -199,6 +205,32 @@ class Gateway:
             await send_error(send, exc)
             return
         await self.platform(scope, _replay(body, receive), send)
+
+    async def cached_page(self, scope: Scope, send: Send, cenv: str, rest: str) -> bool:
+        """The fast path: answer a GET/HEAD of a public page its live worker pushed to us, without a
+        hop (same headers and body as the worker's own answer). False when the worker must answer."""
+        if scope["method"] not in ("GET", "HEAD"):
+            return False
+        worker = self.supervisor.live(cenv)
+        if worker is None:
+            return False
+        page = worker.pages.get(rest)
+        if page is None:
+            return False
+        client = scope.get("client")
+        if worker.limiter is not None and worker.retry_after(client[0] if client else "") is not None:
+            return False  # the worker path answers the 429 (and counts once more: still refused)
+        self.metrics.page_cache_result("hit")
+        if type(send) is _Outcome:
+            send.pid = worker.pid
+        for k, v in scope["headers"]:
+            if k == b"if-none-match" and _etag_matches(v.decode("latin-1"), page.etag):
+                await send({"type": "http.response.start", "status": 304, "headers": page.headers_304})
+                await send({"type": "http.response.body", "body": b""})
+                return True
+        await send({"type": "http.response.start", "status": 200, "headers": page.headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else page.body})
+        return True
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, cenv: str, rest: str) -> None:
         """Send one request to the cenv's worker and relay its answer."""
@@ -260,6 +292,8 @@ class Gateway:
                 if k == PAGE_CACHE_HEADER:
                     self.metrics.page_cache_result(v)
                 headers.append((k.encode("latin-1"), v.encode("latin-1")))
+            if first.status not in (204, 304):  # a known length: no chunked encoding, one write
+                headers.append((b"content-length", str(len(first.body)).encode()))
             await send({"type": "http.response.start", "status": first.status, "headers": headers})
             await send({"type": "http.response.body", "body": first.body})
         elif isinstance(first, proto.StreamStart):

@@ -8,6 +8,7 @@ HTTP layer answers with 503.
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +22,20 @@ from wce.core.throttle import SlidingWindow
 from .tokens import TokenCache
 
 STREAM_BUFFER = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPage:
+    """A public page as its worker last pushed it: answered by the gateway without a hop."""
+
+    etag: str
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    headers_304: list[tuple[bytes, bytes]]
+
+
+def _raw(headers: Any) -> list[tuple[bytes, bytes]]:
+    return [(str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in headers]
 
 
 class WorkerGone(Exception):
@@ -101,6 +116,22 @@ class WorkerClient:
         self._streams: set[int] = set()  # exchanges past StreamStart: open-ended, not "in flight"
         self.rate_limit = 0
         self.limiter: SlidingWindow | None = None
+        self.pages: dict[str, CachedPage] = {}  # public pages by path (the worker keeps them current)
+
+    def apply_pages(self, data: dict[str, Any]) -> None:
+        """A pages Notice: replace (reset) or update the cached public pages."""
+        if data.get("reset"):
+            self.pages = {}
+        for p in data.get("pages", ()):
+            try:
+                path = p["path"]
+                if p.get("drop"):
+                    self.pages.pop(path, None)
+                else:
+                    headers = [*_raw(p["headers"]), (b"content-length", str(len(p["body"])).encode())]
+                    self.pages[path] = CachedPage(p["etag"], p["body"], headers, _raw(p["headers_304"]))
+            except (KeyError, TypeError):
+                continue  # a malformed entry is skipped; the worker still answers that path
 
     def apply_settings(self, settings: dict[str, Any]) -> None:
         """Settings the gateway enforces for this cenv (from Hello, then from Notices)."""
@@ -165,6 +196,8 @@ class WorkerClient:
                 if isinstance(msg, proto.Notice):
                     if msg.topic == "settings":
                         self.apply_settings(msg.data)
+                    elif msg.topic == "pages":
+                        self.apply_pages(msg.data)
                     continue
                 req_id = getattr(msg, "id", None)
                 sender = self._waiters.get(req_id) if req_id is not None else None

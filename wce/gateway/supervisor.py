@@ -60,6 +60,13 @@ class Supervisor:
         """True if the cenv's file is there (the id must be well-shaped)."""
         return path_for(self.config.data_path, cenv).exists()
 
+    def live(self, cenv: str) -> WorkerClient | None:
+        """The cenv's worker if one is running and taking requests (never starts one)."""
+        w = self._workers.get(cenv)
+        if w is None or w.closing or w.exited.is_set():
+            return None
+        return w
+
     async def get(self, cenv: str) -> WorkerClient:
         """The live worker of cenv, started if need be. NotFound for an unknown cenv."""
         while True:

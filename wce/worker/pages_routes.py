@@ -17,6 +17,7 @@ from wce.core import accounts, pages, pages_library, pages_render
 from wce.core.errors import Forbidden, NotFound, ScriptError, Unauthenticated
 
 from .http import Call, Handler, Reply, Router, json_reply
+from .render_cache import Entry
 from .scripting import compile_in_child
 from .tenant import Tenant
 
@@ -185,12 +186,21 @@ async def display(call: Call) -> Reply:
     entry = t.render_cache.entry(page)
     if entry is None:
         raise ScriptError("this page could not be rendered; its owner can see why in the editor")
-    # x-wce-cache: counted by the gateway's metrics; always a hit, since a request never renders
-    headers = [("etag", entry.etag), ("cache-control", CACHE_CONTROL[page.access]), ("x-wce-cache", "hit")]
     if _etag_matches(call.header("if-none-match"), entry.etag):
-        return Reply(304, headers)
-    headers += [("content-type", entry.content_type), ("x-content-type-options", "nosniff")]
-    return Reply(200, headers, entry.body)
+        return Reply(304, not_modified_headers(entry, page.access))
+    return Reply(200, page_headers(entry, page.access), entry.body)
+
+
+def not_modified_headers(entry: Entry, access: str) -> list[tuple[str, str]]:
+    """The headers of a 304 for a page (also pushed to the gateway, which answers public pages)."""
+    # x-wce-cache: counted by the gateway's metrics; always a hit, since a request never renders
+    return [("etag", entry.etag), ("cache-control", CACHE_CONTROL[access]), ("x-wce-cache", "hit")]
+
+
+def page_headers(entry: Entry, access: str) -> list[tuple[str, str]]:
+    """The headers of a page's 200."""
+    return [*not_modified_headers(entry, access), ("content-type", entry.content_type),
+            ("x-content-type-options", "nosniff")]
 
 
 def display_or(fallback: Handler) -> Handler:

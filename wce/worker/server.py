@@ -25,10 +25,12 @@ from wce.core import db
 from wce.core.ids import path_for
 
 from . import app, limits
+from .pages_routes import not_modified_headers, page_headers
 from .http import StreamReply
 from .tenant import Tenant
 
 HELLO_TIMEOUT = 10.0
+PUSH_MAX = 1 << 20  # public pages up to this size are pushed to gateways, which serve them directly
 DRAIN_TIMEOUT = 30.0
 
 
@@ -46,6 +48,46 @@ class Worker:
         self.done = trio.Event()
         self.streams: set[trio.CancelScope] = set()  # one per streamed answer being sent
         tenant.notify = self.broadcast
+        self._pushed: dict[str, str] = {}  # public page path -> etag, as every gateway has them
+        self._pushed_version = -1
+
+    def _public_pages(self) -> dict[str, Any]:
+        rc = self.tenant.render_cache
+        out = {}
+        for page in list(rc.pages.values()):
+            if page.access == "public":
+                e = rc.entry(page)
+                if e is not None and e.access == "public" and len(e.body) <= PUSH_MAX:
+                    out[page.path] = e
+        return out
+
+    def _pages_notice(self, entries: dict[str, Any], dropped: list[str], reset: bool = False) -> proto.Notice:
+        pages: list[dict[str, Any]] = [{"path": path, "drop": True} for path in dropped]
+        for path, e in entries.items():
+            pages.append({"path": path, "etag": e.etag, "body": e.body,
+                          "headers": page_headers(e, "public"), "headers_304": not_modified_headers(e, "public")})
+        return proto.Notice("pages", {"reset": reset, "pages": pages})
+
+    async def push_pages(self) -> None:
+        """After any commit, send gateways the public pages that changed (and those that went), before
+        the answer that caused them: a gateway serving a cached page never answers older than a write
+        it has acknowledged. Compared against what was pushed, so renames and withdrawals are caught."""
+        version = self.tenant.bus.statistics().published
+        if version == self._pushed_version:
+            return
+        self._pushed_version = version
+        current = self._public_pages()
+        changed = {p: e for p, e in current.items() if self._pushed.get(p) != e.etag}
+        dropped = [p for p in self._pushed if p not in current]
+        if not changed and not dropped:
+            return
+        self._pushed = {p: e.etag for p, e in current.items()}
+        notice = self._pages_notice(changed, dropped)
+        for ch in list(self.channels):
+            try:
+                await ch.send(notice)
+            except (proto.BrokenChannel, trio.ClosedResourceError, proto.EncodeError):
+                pass
 
     async def broadcast(self, topic: str, data: dict[str, Any]) -> None:
         """Send a Notice to every connected gateway."""
@@ -93,6 +135,8 @@ class Worker:
         self.channels.add(ch)
         scopes: dict[int, trio.CancelScope] = {}
         try:
+            await self.push_pages()  # bring the other gateways up to date first
+            await ch.send(self._pages_notice(self._public_pages(), [], reset=True))
             if self.closing:
                 await ch.send(proto.Closing(self.closing))
             async with trio.open_nursery() as nursery:
@@ -123,6 +167,7 @@ class Worker:
             with scope:
                 limits.arm_cpu(int(self.tenant.settings["cpu_ms_per_request"]))
                 resp = await app.handle(self.tenant, req)
+                await self.push_pages()
                 if isinstance(resp, StreamReply):
                     await self.send_stream(ch, req.id, resp)
                     return
