@@ -34,6 +34,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/ first; the bench package is at ROOT
 
 
 def free_port() -> int:
@@ -217,10 +218,27 @@ def main() -> None:
         procs.append(ds)
         wait_port(dport)
 
-        auth = {"authorization": f"Bearer {token}"}
         rauth = {"authorization": f"Bearer {reader}"}
         dbase = f"http://127.0.0.1:{dport}/items"
+        auth = {"authorization": f"Bearer {token}"}
+        # pages and Starlark in the same cenv
+        with httpx.Client(base_url=f"{base}/{cenv}/", timeout=30) as c:
+            from bench import pages_bench
+
+            pages_bench._setup(c, auth)
+            page_url = f"{base}/{cenv}{pages_bench.PAGE}"
+            etag = c.get(pages_bench.PAGE.lstrip("/")).headers["etag"]
+            for path, src in (("/trivial", 'def handle_request(ctx):\n    return {"ok": True}\n'),
+                              ("/row", 'def handle_request(ctx):\n    return ctx.db.get("items_plain", 500)\n')):
+                r = c.post("api/endpoints", headers=auth,
+                           json={"method": "GET", "path": path, "source": src, "access": "user"})
+                assert r.status_code == 201, r.text
+            fresh = pages_bench._freshness(c, auth, 200)
         targets = {
+            "wce_cached_page": (wce.pid, page_url, {}),
+            "wce_cached_page_304": (wce.pid, page_url, {"if-none-match": etag}),
+            "wce_starlark_trivial": (wce.pid, f"{base}/{cenv}/fn/trivial", rauth),
+            "wce_starlark_db_get": (wce.pid, f"{base}/{cenv}/fn/row", rauth),
             "wce_list50_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows?limit=50", rauth),
             "wce_list50_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows?limit=50", rauth),
             "datasette_list50": (ds.pid, f"{dbase}/items.json?_size=50&_shape=array", {}),
@@ -255,6 +273,11 @@ def main() -> None:
         for k, v in data_api.items():
             result[f"{k}_rps"] = round(med(v, 0))
             result[f"{k}_cpu_us_per_req"] = round(med(v, 1))
+        result["write_to_page_ms"] = fresh
+        for k in ("wce_cached_page", "wce_cached_page_304", "wce_starlark_trivial", "wce_starlark_db_get"):
+            result[f"ratio_{k}_to_bare"] = round(result[f"{k}_rps"] / result["bare_hypercorn_trio_rps"], 2)
+        result["ratio_starlark_trivial_to_cached_page"] = round(
+            result["wce_starlark_trivial_rps"] / result["wce_cached_page_rps"], 2)
         for kind in ("list50", "get"):
             for pol in ("no_policy", "policy"):
                 result[f"ratio_wce_{kind}_{pol}_to_datasette"] = round(
