@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 from wce.core import accounts, audit, auth, permissions, settings, tables
 from wce.core.db import set_size_cap, transaction
-from wce.core.errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from wce.core.errors import BadRequest, NotFound
 from wce.core.permissions import Actor
 from wce.core.rows import Rows, parse_int, parse_query
 
@@ -28,11 +28,7 @@ def actor_of(call: Call) -> Actor:
 
 def require_admin(call: Call) -> accounts.User:
     """The admin calling, or 401 (anonymous) / 403 (anyone else)."""
-    if call.user is None:
-        raise Unauthenticated("sign in as an admin")
-    if call.user.role != "admin":
-        raise Forbidden("admins only")
-    return call.user
+    return call.require_admin()
 
 
 def _tenant_table(call: Call) -> tables.Table:
@@ -251,14 +247,7 @@ async def patch_config(call: Call) -> Reply:
 
 async def list_audit(call: Call) -> Reply:
     require_admin(call)
-    args = dict(parse_qsl(call.req.query, keep_blank_values=True))
-    try:
-        limit = int(args.get("limit", 50))
-        before = int(args["before"]) if "before" in args else None
-    except ValueError:
-        raise BadRequest("limit and before must be integers") from None
-    if not 1 <= limit <= 500:
-        raise BadRequest("limit must be between 1 and 500")
+    limit, before = call.paging(500)
     entries = audit.page(call.tenant.conn, limit, before)
     return json_reply({"entries": entries, "next": entries[-1]["id"] if len(entries) == limit else None})
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qsl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from wce import proto
 from wce.core.accounts import User
-from wce.core.errors import BadRequest, MethodNotAllowed, NotFound, Unauthenticated, WceError
+from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthenticated, WceError
 from wce.responses import JSON, error_parts, json_bytes
 
 from .tenant import Tenant
@@ -96,6 +97,26 @@ class Call:
         if self.user is None:
             raise Unauthenticated("sign in first")
         return self.user
+
+    def require_admin(self) -> User:
+        """The admin calling, or 401 (anonymous) / 403 (anyone else)."""
+        if self.user is None:
+            raise Unauthenticated("sign in as an admin")
+        if self.user.role != "admin":
+            raise Forbidden("admins only")
+        return self.user
+
+    def paging(self, maximum: int, default: int = 50) -> tuple[int, int | None]:
+        """`?limit=&before=` of a newest-first listing, checked (400 otherwise)."""
+        args = dict(parse_qsl(self.req.query, keep_blank_values=True))
+        try:
+            limit = int(args.get("limit", default))
+            before = int(args["before"]) if "before" in args else None
+        except ValueError:
+            raise BadRequest("limit and before must be integers") from None
+        if not 1 <= limit <= maximum:
+            raise BadRequest(f"limit must be between 1 and {maximum}")
+        return limit, before
 
     @property
     def client(self) -> str:

@@ -25,11 +25,7 @@ CACHE_CONTROL = {"public": "public, no-cache", "user": "private, no-store", "adm
 
 
 def _admin(call: Call) -> accounts.User:
-    if call.user is None:
-        raise Unauthenticated("sign in as an admin")
-    if call.user.role != "admin":
-        raise Forbidden("admins only")
-    return call.user
+    return call.require_admin()
 
 
 def _page_json(t: Tenant, page: pages.Page) -> dict[str, object]:

@@ -21,7 +21,7 @@ from typing import Any
 import apsw
 
 from wce.core import audit, sqlguard
-from wce.core.errors import BadRequest, Forbidden, NotFound, Timeout, Unavailable, WceError
+from wce.core.errors import BadRequest, NotFound, Timeout, Unavailable, WceError
 from wce.core.permissions import Actor
 from wce.core.rows import Rows, to_json, to_sql
 from wce.core.scripts import runtime

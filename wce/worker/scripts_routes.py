@@ -156,14 +156,7 @@ async def test_endpoint(call: Call) -> Reply:
 async def read_logs(call: Call) -> Reply:
     """What scripts printed, newest first."""
     require_admin(call)
-    args = dict(parse_qsl(call.req.query, keep_blank_values=True))
-    try:
-        limit = int(args.get("limit", 100))
-        before = int(args["before"]) if "before" in args else None
-    except ValueError:
-        raise BadRequest("limit and before must be integers") from None
-    if not 1 <= limit <= 1000:
-        raise BadRequest("limit must be between 1 and 1000")
+    limit, before = call.paging(1000, default=100)
     return json_reply({"lines": store.read_log(call.tenant.conn, limit, before)})
 
 
