@@ -13,12 +13,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-build: $(STAMP)
+# The browser editor's bundle (static/dist, see static/editor/build.mjs): `npm ci` when the lock
+# changed, the bundle when it or its sources did. Needs node and npm; works offline once installed.
+EDITOR := static/dist/manifest.json
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+$(EDITOR): node_modules/.package-lock.json static/editor/build.mjs $(wildcard static/editor/src/*.* static/editor/src/views/*.js)
+	npm run --silent build
 
-run: $(STAMP)
+build: $(STAMP) $(EDITOR)
+
+run: build
 	$(BIN)/wce serve
 
-test: $(STAMP)
+test: build
 	$(BIN)/python -m pytest
 
 # Two nodes behind nginx with Litestream replication (tests/cluster); `make test` skips these.

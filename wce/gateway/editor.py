@@ -63,8 +63,7 @@ SHELL = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>WCE editor</title>
 <link rel="icon" href="data:,">
-<link rel="stylesheet" href="{css}">
-<link rel="modulepreload" href="{app}">
+{links}
 <meta name="wce-worker" content="{worker}">
 <script type="module" src="{app}"></script>
 </head><body><div id="app"><p class="boot">Loading the editor&hellip;</p></div></body></html>
@@ -85,16 +84,23 @@ class Editor:
         self._shell: bytes | None = None
         self._names: frozenset[str] = frozenset()
         self._files: dict[tuple[str, str], bytes] = {}
+        self._mtime = 0
 
     def _load(self) -> bool:
-        if self._shell is not None:
-            return True
+        """Read the manifest if it is new (one stat per call: a rebuild is picked up without a restart)."""
         try:
+            mtime = (self.dist / "manifest.json").stat().st_mtime_ns
+            if self._shell is not None and mtime == self._mtime:
+                return True
             manifest = json.loads((self.dist / "manifest.json").read_text())
         except (OSError, ValueError):
-            return False
+            return self._shell is not None
         self._names = frozenset(manifest.get("sizes", {}))
-        self._shell = SHELL.format(**{k: html.escape(ASSETS + manifest[k]) for k in ("app", "css", "worker")}).encode()
+        links = [f'<link rel="stylesheet" href="{_url(n)}">' for n in manifest["css"]]
+        links += [f'<link rel="modulepreload" href="{_url(n)}">' for n in manifest["preload"]]
+        self._shell = SHELL.format(links="\n".join(links), app=_url(manifest["app"]), worker=_url(manifest["worker"])).encode()
+        self._files.clear()
+        self._mtime = mtime
         return True
 
     async def shell(self, scope: Scope, send: Send, cenv: str, rest: str) -> None:
@@ -114,7 +120,7 @@ class Editor:
             assert self._shell is not None
             await _send(send, scope, 200, SHELL_HEADERS, self._shell)
         except WceError as exc:
-            await _send_error(send, exc)
+            await _send_error(send, scope, exc)
 
     async def asset(self, scope: Scope, send: Send, path: str) -> None:
         """`/_/assets/{name}`: one file of the build, compressed if the client takes it."""
@@ -127,7 +133,7 @@ class Editor:
             encoding, suffix = _encoding(scope["headers"])
             body = await self._read(name, suffix)
         except WceError as exc:
-            await _send_error(send, exc)
+            await _send_error(send, scope, exc)
             return
         headers = [("content-type", TYPES.get(Path(name).suffix, "application/octet-stream")),
                    ("cache-control", "public, max-age=31536000, immutable"),
@@ -147,6 +153,10 @@ class Editor:
                 raise NotFound("no such asset") from None
             self._files[key] = body
         return body
+
+
+def _url(name: str) -> str:
+    return html.escape(ASSETS + name)
 
 
 def _encoding(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
@@ -199,8 +209,12 @@ async def _send(send: Send, scope: Scope, status: int, headers: list[tuple[str, 
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
-async def _send_error(send: Send, exc: WceError) -> None:
+async def _send_error(send: Send, scope: Scope, exc: WceError) -> None:
+    """The contract's error body. These routes never read a request body: if one may have been
+    sent (not GET/HEAD), the connection is closed so its rest is never taken for a request."""
     status, headers, body = error_parts(exc.code, exc.message)
+    if scope["method"] not in ("GET", "HEAD"):
+        headers.append(("connection", "close"))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(k.encode(), v.encode()) for k, v in headers]})
     await send({"type": "http.response.body", "body": body})
