@@ -189,3 +189,19 @@ def test_cli_new_creates_a_cenv_that_serves(tmp_path: Path, server: Server) -> N
     bad = subprocess.run([sys.executable, "-m", "wce", "--data", str(tmp_path), "new", "--username", "x"],
                          input="short\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode != 0 and "password" in bad.stderr and "Traceback" not in bad.stderr
+
+
+async def test_requests_right_after_a_silent_death_are_served(fresh_server: Server) -> None:
+    """Kill the worker and ask at once, before the gateway can have noticed: the request never
+    reached the dead worker, so the gateway sends it to a new one instead of answering 503."""
+    async with httpx.AsyncClient(base_url=fresh_server.url, timeout=30) as client:
+        cenv = await new_cenv(client)
+        token = await login(client, cenv)
+        for _ in range(5):
+            assert (await client.get(f"/{cenv}/auth/me", headers=bearer(token))).status_code == 200
+            [pid] = fresh_server.wait_workers(1)
+            os.kill(pid, signal.SIGKILL)
+            while alive(pid):
+                await trio.sleep(0.001)
+            r = await client.get(f"/{cenv}/auth/me", headers=bearer(token))
+            assert r.status_code == 200, r.text

@@ -233,29 +233,74 @@ class Gateway:
         return True
 
     async def forward(self, scope: Scope, receive: Receive, send: Send, cenv: str, rest: str) -> None:
-        """Send one request to the cenv's worker and relay its answer."""
+        """Send one request to the cenv's worker and relay its answer.
+
+        A worker can die before the gateway has noticed: a request that never reached it (the send
+        failed) is sent once more, to a new worker. A request the worker had received gets 503 when
+        it dies: it may have done its work, or be what killed it (a memory bomb must not take down
+        the replacement too).
+        """
         try:
             body = await read_body(scope, receive, self.config.max_body)
             token, via = credentials(scope["headers"])
             check_csrf(scope, rest, cookie=via == "cookie" and token is not None)
-            worker = await self.supervisor.get(cenv)
-            if type(send) is _Outcome:
-                send.pid = worker.pid
-            client = scope.get("client")
-            client_ip = client[0] if client else ""
-            retry = worker.retry_after(client_ip)
-            if retry is not None:
-                raise RateLimited("this cenv's request rate limit is reached; slow down", retry_after=retry)
-            identity = None
-            if token is not None:
-                try:
-                    if not token:
-                        raise Unauthenticated("malformed Authorization header")
-                    claims = worker.tokens.verify(token)
-                    identity = {"sub": claims.user_id, "jti": claims.session_id, "role": claims.role, "via": via}
-                except Unauthenticated:
-                    if via == "bearer":
-                        raise
+        except _Disconnected:
+            return
+        except WceError as exc:
+            await send_error(send, exc)
+            return
+        for attempt in (1, 2):
+            try:
+                worker, exchange = await self._send(scope, send, cenv, rest, body, token, via)
+            except WorkerGone:
+                if attempt == 1:
+                    continue
+                await send_error(send, _unavailable())
+                return
+            except WceError as exc:
+                await send_error(send, exc)
+                return
+            try:
+                with trio.move_on_after(self.config.hard_deadline) as deadline:
+                    first = await exchange.first()
+                if deadline.cancelled_caught:
+                    self.supervisor.kill(worker, "deadline")
+                    await send_error(send, _timeout())
+                    return
+            except WorkerGone:
+                await exchange.aclose()
+                await send_error(send, _unavailable())
+                return
+            try:
+                await self._relay(send, exchange, first, receive)
+            except WorkerGone:
+                await send_error(send, _unavailable())
+            finally:
+                await exchange.aclose()
+            return
+
+    async def _send(self, scope: Scope, send: Send, cenv: str, rest: str, body: bytes, token: str | None,
+                    via: str) -> tuple[Any, Any]:
+        """Identify the caller and send the request to the cenv's worker: (worker, exchange)."""
+        worker = await self.supervisor.get(cenv)
+        if type(send) is _Outcome:
+            send.pid = worker.pid
+        client = scope.get("client")
+        client_ip = client[0] if client else ""
+        retry = worker.retry_after(client_ip)
+        if retry is not None:
+            raise RateLimited("this cenv's request rate limit is reached; slow down", retry_after=retry)
+        identity = None
+        if token is not None:
+            try:
+                if not token:
+                    raise Unauthenticated("malformed Authorization header")
+                claims = worker.tokens.verify(token)
+                identity = {"sub": claims.user_id, "jti": claims.session_id, "role": claims.role, "via": via}
+            except Unauthenticated:
+                if via == "bearer":
+                    raise
+        try:
             exchange = await worker.send_request(
                 cenv=cenv, method=scope["method"], path=rest,
                 query=scope.get("query_string", b"").decode("latin-1"),
@@ -264,26 +309,10 @@ class Gateway:
                 body=body, client=client_ip, scheme=scope.get("scheme", "http"),
                 identity=identity,
             )
-        except _Disconnected:
-            return
         except WorkerGone:
-            await send_error(send, _unavailable())
-            return
-        except WceError as exc:
-            await send_error(send, exc)
-            return
-        try:
-            with trio.move_on_after(self.config.hard_deadline) as deadline:
-                first = await exchange.first()
-            if deadline.cancelled_caught:
-                self.supervisor.kill(worker, "deadline")
-                await send_error(send, _timeout())
-                return
-            await self._relay(send, exchange, first, receive)
-        except WorkerGone:
-            await send_error(send, _unavailable())
-        finally:
-            await exchange.aclose()
+            self.supervisor.connection_lost(worker)  # dead before we noticed: never hand it out again
+            raise
+        return worker, exchange
 
     async def _relay(self, send: Send, exchange: Any, first: proto.Message, receive: Receive) -> None:
         if isinstance(first, proto.Response):

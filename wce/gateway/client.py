@@ -7,6 +7,7 @@ HTTP layer answers with 503.
 
 from __future__ import annotations
 
+import select
 import signal
 from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
@@ -219,6 +220,16 @@ class WorkerClient:
         """Close the connection (the worker exits once all its gateways have closed)."""
         with trio.CancelScope(shield=True):
             await self.channel.aclose()
+
+    def died(self) -> bool:
+        """True if the process has exited, asked of the kernel now (its pidfd is readable) rather
+        than waiting for the watcher task to notice: no request is sent to a dead worker."""
+        if self.exited.is_set():
+            return True
+        try:
+            return bool(select.select([self.pidfd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
 
     def kill(self) -> None:
         """SIGKILL the worker, by pidfd so a recycled pid can never be hit."""

@@ -71,9 +71,15 @@ class Supervisor:
         """The live worker of cenv, started if need be. NotFound for an unknown cenv."""
         while True:
             w = self._workers.get(cenv)
-            if w is not None and not w.closing and not w.exited.is_set():
-                w.last_used = trio.current_time()
-                return w
+            if w is not None and not w.closing:
+                if not w.died():
+                    w.last_used = trio.current_time()
+                    return w
+                # dead, and its watcher has not run yet: replace it now (the watcher cleans up)
+                del self._workers[cenv]
+                self._stopping[cenv] = w
+                self.events["died"] += 1
+                self._note_lost(cenv)
             if self._closed:
                 raise Unavailable("the server is shutting down")
             ev = self._starting.get(cenv)
@@ -132,7 +138,7 @@ class Supervisor:
             self.events["start_failed"] += 1
             raise Unavailable("the cenv's worker could not start") from exc
         w = WorkerClient(cenv, pid, pidfd, channel, hello.info["secret"], self._worker_closing,
-                         self._connection_lost)
+                         self.connection_lost)
         settings = hello.info.get("settings")
         if isinstance(settings, dict):
             w.apply_settings(settings)
@@ -161,7 +167,7 @@ class Supervisor:
             self.events["idle_exit"] += 1
             self._retire(w)
 
-    def _connection_lost(self, w: WorkerClient) -> None:
+    def connection_lost(self, w: WorkerClient) -> None:
         """Our connection to a registered worker ended (it died, or spoke garbage): its state is
         unknown, so it is killed; the next request starts a new one."""
         if self._workers.get(w.cenv) is w:
