@@ -22,6 +22,7 @@ from .asgi import Gateway
 from .forkserver import ForkServer
 from .platform import create_platform_app
 from .supervisor import Supervisor
+from .transport import serve as lean_serve
 
 
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
@@ -51,7 +52,9 @@ async def _serve(config: ServerConfig, forkserver: ForkServer) -> None:
 
         nursery.start_soon(on_signals)
         async with trio.open_nursery() as http:
-            binds = await http.start(lambda task_status: hypercorn_serve(
+            # hypercorn's protocol layer on our lean trio transport; WCE_STOCK_TRANSPORT=1: hypercorn's own, to compare
+            serve_http = hypercorn_serve if os.environ.get("WCE_STOCK_TRANSPORT") == "1" else lean_serve
+            binds = await http.start(lambda task_status: serve_http(
                 app, hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status))  # type: ignore[arg-type]
             print(f"wce: listening on {' '.join(binds)} (data: {config.data_path})", flush=True)
         # hypercorn has returned: no new requests, in-flight ones answered (or its grace ran out)
