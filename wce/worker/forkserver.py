@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import msgpack
@@ -127,7 +128,10 @@ def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, m
     _reply(conn, {"ok": True, "pid": pid})
 
 
-def _create(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any]) -> None:
+def _job(config: ServerConfig, listener: socket.socket, conn: socket.socket, what: str,
+         work: Callable[[], None]) -> None:
+    """Run one cenv-making job (create, import) in a forked child under the memory cap; the child
+    answers on the connection: {"ok"} or the domain error, never a traceback."""
     pid = os.fork()
     if pid != 0:
         _children.add(pid)
@@ -139,11 +143,7 @@ def _create(config: ServerConfig, listener: socket.socket, conn: socket.socket, 
 
         limits.apply_memory(config.memory_mb)
         try:
-            cenv_id = msg["cenv"]
-            username = auth.check_username(msg.get("username"))
-            password = auth.check_password(msg.get("password"))
-            config.data_path.mkdir(parents=True, exist_ok=True)
-            cenv.create(config.data_path, cenv_id, username, auth.hash_password(password), ip=msg.get("ip"))
+            work()
             _reply(conn, {"ok": True})
         except WceError as exc:
             _reply(conn, {"ok": False, "code": exc.code, "message": exc.message})
@@ -151,11 +151,21 @@ def _create(config: ServerConfig, listener: socket.socket, conn: socket.socket, 
         traceback.print_exc()
         code = 1
         try:
-            _reply(conn, {"ok": False, "code": "internal", "message": "could not create the cenv"})
+            _reply(conn, {"ok": False, "code": "internal", "message": f"could not {what} the cenv"})
         except OSError:
             pass
     finally:
         os._exit(code)
+
+
+def _create(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any]) -> None:
+    def work() -> None:
+        username = auth.check_username(msg.get("username"))
+        password = auth.check_password(msg.get("password"))
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        cenv.create(config.data_path, msg["cenv"], username, auth.hash_password(password), ip=msg.get("ip"))
+
+    _job(config, listener, conn, "create", work)
 
 
 def _import(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any],
@@ -166,35 +176,18 @@ def _import(config: ServerConfig, listener: socket.socket, conn: socket.socket, 
             os.close(fd)
         _reply(conn, {"ok": False, "code": "internal", "message": "bad import request"})
         return
-    pid = os.fork()
-    if pid != 0:
-        _children.add(pid)
-        os.close(fds[0])
-        return
-    code = 0
-    try:
-        _after_fork(listener, conn)
-        from wce.worker import limits
 
-        limits.apply_memory(config.memory_mb)
-        try:
-            username, password = msg.get("username"), msg.get("password")
-            if not isinstance(username, str) or not isinstance(password, str):
-                raise WceError("bad import request")
-            backup.import_file(config.data_path, f"/proc/self/fd/{fds[0]}", msg["cenv"],
-                               credentials=(username, password), ip=msg.get("ip"))
-            _reply(conn, {"ok": True})
-        except WceError as exc:
-            _reply(conn, {"ok": False, "code": exc.code, "message": exc.message})
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-        try:
-            _reply(conn, {"ok": False, "code": "internal", "message": "could not import the cenv"})
-        except OSError:
-            pass
+    def work() -> None:
+        username, password = msg.get("username"), msg.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise WceError("bad import request")
+        backup.import_file(config.data_path, f"/proc/self/fd/{fds[0]}", msg["cenv"],
+                           credentials=(username, password), ip=msg.get("ip"))
+
+    try:
+        _job(config, listener, conn, "import", work)
     finally:
-        os._exit(code)
+        os.close(fds[0])  # the parent's copy (the child exits inside _job)
 
 
 def serve(listen_fd: int, config: ServerConfig) -> None:
