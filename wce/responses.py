@@ -50,3 +50,15 @@ def error_parts(code: str, message: str, retry_after: int | None = None) -> tupl
     if retry_after is not None:
         headers.append(("retry-after", str(retry_after)))
     return status_for(code), headers, error_body(code, message)
+
+
+SESSION_COOKIE = "wce_session"  # set by the worker at login, read by the gateway on every request
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match semantics (weak comparison, `*`): the one rule for the worker's page answers
+    and the gateway's fast path, so both give the same 304s."""
+    if not if_none_match:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)

@@ -17,7 +17,7 @@ from wce import proto
 from wce.config import ServerConfig
 from wce.core.errors import BY_CODE, RateLimited, Timeout, TooLarge, Unauthenticated, Unavailable, WceError
 from wce.core.ids import is_id
-from wce.responses import error_parts
+from wce.responses import SESSION_COOKIE, error_parts, etag_matches
 
 from .client import WorkerGone
 from .editor import ASSETS, Editor, check_csrf
@@ -31,7 +31,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-COOKIE = b"wce_session="
+COOKIE = SESSION_COOKIE.encode() + b"="
 DROPPED_HEADERS = frozenset({"authorization", "cookie"})
 
 
@@ -75,12 +75,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not msg.get("more_body", False):
             return b"".join(chunks)
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    """If-None-Match semantics as the worker applies them (weak comparison, `*`)."""
-    tags = [tag.strip() for tag in header.split(",")]
-    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -224,7 +218,7 @@ class Gateway:
         if type(send) is _Outcome:
             send.pid = worker.pid
         for k, v in scope["headers"]:
-            if k == b"if-none-match" and _etag_matches(v.decode("latin-1"), page.etag):
+            if k == b"if-none-match" and etag_matches(v.decode("latin-1"), page.etag):
                 await send({"type": "http.response.start", "status": 304, "headers": page.headers_304})
                 await send({"type": "http.response.body", "body": b""})
                 return True

@@ -9,10 +9,12 @@ from __future__ import annotations
 from wce.core import accounts, auth
 from wce.core.errors import BadRequest, Forbidden, InvalidCredentials, RateLimited
 
+from wce.responses import SESSION_COOKIE
+
 from .http import Call, Reply, Router, json_reply
 from .offload import in_thread
 
-COOKIE = "wce_session"
+COOKIE = SESSION_COOKIE
 
 
 def _cookie(call: Call, value: str, max_age: int) -> tuple[str, str]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from wce.core import accounts, pages, pages_library, pages_render
 from wce.core.errors import Forbidden, NotFound, ScriptError, Unauthenticated
 
+from wce.responses import etag_matches
+
 from .http import Call, Handler, Reply, Router, json_reply
 from .render_cache import Entry
 from .scripting import compile_in_child
@@ -161,13 +163,6 @@ async def delete_value(call: Call) -> Reply:
 
 # display
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    tags = [tag.strip() for tag in header.split(",")]
-    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
-
-
 async def display(call: Call) -> Reply:
     """The pre-rendered output of the page at the request's path (never renders here)."""
     t = call.tenant
@@ -182,7 +177,7 @@ async def display(call: Call) -> Reply:
     entry = t.render_cache.entry(page)
     if entry is None:
         raise ScriptError("this page could not be rendered; its owner can see why in the editor")
-    if _etag_matches(call.header("if-none-match"), entry.etag):
+    if etag_matches(call.header("if-none-match"), entry.etag):
         return Reply(304, not_modified_headers(entry, page.access))
     return Reply(200, page_headers(entry, page.access), entry.body)
 

@@ -82,19 +82,18 @@ class Worker:
         if not changed and not dropped:
             return
         self._pushed = {p: e.etag for p, e in current.items()}
-        notice = self._pages_notice(changed, dropped)
-        for ch in list(self.channels):
-            try:
-                await ch.send(notice)
-            except (proto.BrokenChannel, trio.ClosedResourceError, proto.EncodeError):
-                pass
+        await self._to_all(self._pages_notice(changed, dropped))
 
     async def broadcast(self, topic: str, data: dict[str, Any]) -> None:
         """Send a Notice to every connected gateway."""
+        await self._to_all(proto.Notice(topic, data))
+
+    async def _to_all(self, msg: proto.Message) -> None:
+        """One message to every gateway; a gateway that went away is its reader's business."""
         for ch in list(self.channels):
             try:
-                await ch.send(proto.Notice(topic, data))
-            except (proto.BrokenChannel, trio.ClosedResourceError):
+                await ch.send(msg)
+            except (proto.BrokenChannel, trio.ClosedResourceError, proto.EncodeError):
                 pass
 
     async def begin_closing(self, reason: str) -> None:
@@ -105,11 +104,7 @@ class Worker:
         self.closing_event.set()
         for scope in list(self.streams):  # streams never end by themselves: end them now
             scope.cancel()
-        for ch in list(self.channels):
-            try:
-                await ch.send(proto.Closing(reason))
-            except (proto.BrokenChannel, trio.ClosedResourceError):
-                pass
+        await self._to_all(proto.Closing(reason))
         self._check_done()
 
     def _check_done(self) -> None:
