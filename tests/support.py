@@ -34,6 +34,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def alive(pid: int) -> bool:
     """True if pid exists and is not a zombie."""
     try:
@@ -73,9 +80,14 @@ class Server:
 
     @property
     def forkserver(self) -> int:
-        kids = [p for p in children(self.proc.pid) if alive(p)]
+        kids = [p for p in children(self.proc.pid) if alive(p) and b"wce.worker.forkserver" in _cmdline(p)]
         assert len(kids) == 1, kids
         return kids[0]
+
+    def gateways(self) -> list[int]:
+        """The gateway processes: the server itself, or with --workers N > 1 its N children."""
+        kids = [p for p in children(self.proc.pid) if alive(p) and b"wce.worker.forkserver" not in _cmdline(p)]
+        return kids or [self.proc.pid]
 
     def workers(self) -> list[int]:
         """Live worker pids (children of the fork server)."""
@@ -101,6 +113,8 @@ class Server:
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Server:
     """Start a server and wait until it listens."""
     data = tmp / "data"
+    if "--workers" not in args:  # one gateway process unless a test asks for more (tests/e2e/test_gateways.py)
+        args = ("--workers", "1", *args)
     cmd = [sys.executable, "-m", "wce", "--data", str(data), "serve", "--port", "0", "--new-per-hour", "10000", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={**os.environ, **(env or {})})

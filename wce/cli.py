@@ -20,6 +20,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-per-hour", type=int, default=env_default("new_per_hour", d.new_per_hour),
                    help="cenvs one client address may create per hour (WCE_NEW_PER_HOUR)")
     p.add_argument("--max-body", type=int, default=env_default("max_body", d.max_body), help="request body limit in bytes")
+    p.add_argument("--workers", dest="gateways", type=int, default=env_default("gateways", d.gateways),
+                   help="gateway processes sharing the port; 0 (the default): one per core (WCE_WORKERS)")
     p.add_argument("--max-workers", type=int, default=env_default("max_workers", d.max_workers), help="live worker cap")
     p.add_argument("--idle-timeout", type=float, default=env_default("idle_timeout", d.idle_timeout),
                    help="seconds before an idle worker exits")

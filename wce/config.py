@@ -27,6 +27,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     hard_deadline: float = 30.0  # a worker that has not begun answering by then is killed (504)
     graceful_timeout: float = 10.0
+    gateways: int = 0  # gateway processes sharing the port (`serve --workers`); 0: one per core
     # per-cenv caps, overridable in the cenv's own _wce_config
     memory_mb: int = 256
     cpu_ms_per_request: int = 2000
@@ -73,6 +74,7 @@ ENV = {
     "hard_deadline": "WCE_HARD_DEADLINE", "memory_mb": "WCE_MEMORY_MB",
     "cpu_ms_per_request": "WCE_CPU_MS_PER_REQUEST", "max_db_mb": "WCE_MAX_DB_MB",
     "max_import_mb": "WCE_MAX_IMPORT_MB", "access_log": "WCE_ACCESS_LOG", "metrics_token": "WCE_METRICS_TOKEN",
+    "gateways": "WCE_WORKERS",
 }
 SECRET_FIELDS = frozenset({"metrics_token"})
 

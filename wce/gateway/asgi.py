@@ -15,7 +15,7 @@ import trio
 
 from wce import proto
 from wce.config import ServerConfig
-from wce.core.errors import BY_CODE, RateLimited, Timeout, TooLarge, Unauthenticated, Unavailable, WceError
+from wce.core.errors import BY_CODE, Timeout, TooLarge, Unauthenticated, Unavailable, WceError
 from wce.core.ids import is_id
 from wce.responses import SESSION_COOKIE, error_parts, etag_matches
 
@@ -211,9 +211,8 @@ class Gateway:
         page = worker.pages.get(rest)
         if page is None:
             return False
-        client = scope.get("client")
-        if worker.limiter is not None and worker.retry_after(client[0] if client else "") is not None:
-            return False  # the worker path answers the 429 (and counts once more: still refused)
+        if worker.rate_limit:
+            return False  # the worker counts every request against the cenv's rate limit
         self.metrics.page_cache_result("hit")
         if type(send) is _Outcome:
             send.pid = worker.pid
@@ -281,9 +280,6 @@ class Gateway:
             send.pid = worker.pid
         client = scope.get("client")
         client_ip = client[0] if client else ""
-        retry = worker.retry_after(client_ip)
-        if retry is not None:
-            raise RateLimited("this cenv's request rate limit is reached; slow down", retry_after=retry)
         identity = None
         if token is not None:
             try:

@@ -16,7 +16,7 @@ import msgpack
 import trio
 
 from wce.config import ServerConfig
-from wce.core.errors import BY_CODE, Unavailable, WceError
+from wce.core.errors import BY_CODE, RateLimited, Unavailable, WceError
 from wce.proto.framing import FrameDecoder, frame
 
 REPLY_TIMEOUT = 30.0
@@ -76,12 +76,22 @@ class ForkServer:
         finally:
             sock.close()
 
-    async def spawn(self, cenv: str, listen_fd: int) -> int:
-        """Fork a worker for cenv serving on the given listening socket; its pid."""
-        reply = await self._ask({"op": "spawn", "cenv": cenv}, listen_fd)
+    async def spawn(self, cenv: str) -> tuple[int, bool]:
+        """The cenv's live worker, forked if it has none: (pid, whether this call started it). It
+        listens on `{run}/{cenv}.sock`; every gateway process gets the same one."""
+        reply = await self._ask({"op": "spawn", "cenv": cenv})
         if not reply.get("ok"):
             raise Unavailable("could not start a worker")
-        return int(reply["pid"])
+        return int(reply["pid"]), bool(reply.get("new"))
+
+    async def admit(self, kind: str, ip: str) -> None:
+        """Count one cenv creation ("new") or import from ip; RateLimited past the per-hour limit,
+        which the fork server keeps so that it holds across gateway processes."""
+        reply = await self._ask({"op": "admit", "kind": kind, "ip": ip})
+        if not reply.get("ok"):
+            if reply.get("code") == "rate_limited":
+                raise RateLimited(str(reply.get("message")), retry_after=int(reply.get("retry_after", 60)))
+            raise Unavailable("the fork server refused")
 
     async def create(self, cenv: str, username: str, password: str, ip: str) -> None:
         """Create a cenv file with its first admin user; raises the domain error on refusal."""

@@ -27,7 +27,6 @@ from wce.core.errors import (
     BadRequest, Forbidden, MethodNotAllowed, NotFound, RateLimited, TooLarge, Unauthenticated, WceError,
 )
 from wce.core.ids import new_id
-from wce.core.throttle import SlidingWindow
 from wce.responses import error_parts, json_bytes
 
 from .metrics import Metrics
@@ -80,7 +79,6 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
     """The Quart app of the platform routes."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body
-    new_limiter = SlidingWindow(config.new_per_hour, 3600.0)
 
     @app.get("/")
     async def landing() -> Response:
@@ -101,9 +99,6 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
             if not config.public_new:
                 raise Forbidden("public cenv creation is turned off on this server")
             client = request.remote_addr or ""
-            retry = new_limiter.retry_after(client)
-            if retry:
-                raise RateLimited("too many cenvs created from this address; try again later", retry_after=retry)
             if is_json:
                 data = await request.get_json(silent=True)
                 if not isinstance(data, dict):
@@ -114,7 +109,7 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
             username, password = fields.get("username"), fields.get("password")
             if not isinstance(username, str) or not isinstance(password, str):
                 raise BadRequest("username and password are required")
-            new_limiter.hit(client)
+            await supervisor.forkserver.admit("new", client)
             cenv = new_id()
             await supervisor.forkserver.create(cenv, username, password, client)
         except WceError as exc:
@@ -191,7 +186,6 @@ class ImportRoute:
         self.supervisor = supervisor
         self.metrics = metrics
         self.limit = config.max_import_mb << 20
-        self.limiter = SlidingWindow(config.new_per_hour, 3600.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -216,9 +210,6 @@ class ImportRoute:
         if not self.config.public_new:
             raise Forbidden("importing cenvs is turned off on this server")
         client = (scope.get("client") or ("",))[0]
-        retry = self.limiter.retry_after(client)
-        if retry:
-            raise RateLimited("too many cenvs created from this address; try again later", retry_after=retry)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.limit:
@@ -227,7 +218,7 @@ class ImportRoute:
         boundary = options.get("boundary", "")
         if mimetype != "multipart/form-data" or not boundary:
             raise BadRequest("send multipart/form-data with the fields file, username and password")
-        self.limiter.hit(client)
+        await self.supervisor.forkserver.admit("import", client)
         self.supervisor.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.TemporaryFile(dir=self.supervisor.run_dir) as upload:
             fields = await self._receive_form(receive, boundary.encode("latin-1"), upload)

@@ -1,4 +1,6 @@
-"""`wce serve`: fork server first, then the event loop with hypercorn, the supervisor and the app.
+"""`wce serve`: fork server first, then the event loop with hypercorn, the supervisor and the app;
+with several gateway processes (`--workers N`, by default one per core) each runs that event loop
+under wce.gateway.master.
 
 Shutdown on SIGTERM or SIGINT: hypercorn stops accepting and lets in-flight requests finish
 (graceful_timeout), then every worker is stopped gracefully, then the fork server; no process is
@@ -20,16 +22,17 @@ from wce.config import ServerConfig
 
 from .asgi import Gateway
 from .forkserver import ForkServer
+from .master import Master, gateway_count, listening_sockets
 from .platform import create_platform_app
 from .supervisor import Supervisor
 from .transport import serve as lean_serve
 
 
-def hypercorn_config(config: ServerConfig) -> HypercornConfig:
-    """Hypercorn settings for the gateway."""
+def hypercorn_config(config: ServerConfig, listen_fd: int | None = None) -> HypercornConfig:
+    """Hypercorn settings for the gateway (on a socket bound by the master, if given)."""
     hc = HypercornConfig()
     host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
+    hc.bind = [f"fd://{listen_fd}" if listen_fd is not None else f"{host}:{config.port}"]
     hc.graceful_timeout = config.graceful_timeout
     hc.keep_alive_timeout = 5
     hc.accesslog = None
@@ -38,7 +41,7 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     return hc
 
 
-async def _serve(config: ServerConfig, forkserver: ForkServer) -> None:
+async def _serve(config: ServerConfig, forkserver: ForkServer, listen_fd: int | None = None) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         supervisor = Supervisor(config, forkserver, nursery)
@@ -55,7 +58,7 @@ async def _serve(config: ServerConfig, forkserver: ForkServer) -> None:
             # hypercorn's protocol layer on our lean trio transport; WCE_STOCK_TRANSPORT=1: hypercorn's own, to compare
             serve_http = hypercorn_serve if os.environ.get("WCE_STOCK_TRANSPORT") == "1" else lean_serve
             binds = await http.start(lambda task_status: serve_http(
-                app, hypercorn_config(config), shutdown_trigger=shutdown.wait, task_status=task_status))  # type: ignore[arg-type]
+                app, hypercorn_config(config, listen_fd), shutdown_trigger=shutdown.wait, task_status=task_status))  # type: ignore[arg-type]
             print(f"wce: listening on {' '.join(binds)} (data: {config.data_path})", flush=True)
         # hypercorn has returned: no new requests, in-flight ones answered (or its grace ran out)
         await supervisor.aclose()
@@ -77,9 +80,14 @@ def lock_data_dir(config: ServerConfig) -> int:
 def run(config: ServerConfig) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT."""
     lock = lock_data_dir(config)
+    n = gateway_count(config)
+    sockets = listening_sockets(config, n) if n > 1 else []
     forkserver = ForkServer.start(config)
     try:
-        trio.run(_serve, config, forkserver)
+        if n == 1:
+            trio.run(_serve, config, forkserver)
+        else:
+            Master(config, sockets, lambda fd: trio.run(_serve, config, forkserver, fd)).run()
     finally:
         forkserver.stop(config.graceful_timeout + 2)
         os.close(lock)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from collections import Counter
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from .client import WorkerClient
 from .forkserver import ForkServer
 
 HELLO_TIMEOUT = 10.0
+START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,37 +106,37 @@ class Supervisor:
                 ev.set()
 
     async def _start(self, cenv: str) -> WorkerClient:
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.run_dir / f"{cenv}.sock"
-        path.unlink(missing_ok=True)
-        lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            lst.bind(str(path))
-            lst.listen(128)
-            pid = await self.forkserver.spawn(cenv, lst.fileno())
-        finally:
-            lst.close()
-        pidfd = os.pidfd_open(pid)
-        self.events["started"] += 1
+        """Connect to the cenv's worker, which the fork server starts unless another gateway process
+        already has. A worker we reach just as it closes is asked for again: its successor comes."""
+        for attempt in range(START_ATTEMPTS):
+            pid, new = await self.forkserver.spawn(cenv)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # gone already (and reaped): ask again
+            try:
+                # a new worker may first wait for its predecessor's drain (the cenv lock)
+                with trio.fail_after(HELLO_TIMEOUT + (self.config.graceful_timeout if new else 0)):
+                    channel, hello = await self._greet(cenv)
+                break
+            except (OSError, trio.TooSlowError, trio.EndOfChannel, proto.ProtocolError, proto.BrokenChannel) as exc:
+                if new:  # ours, and broken: make sure it is gone
+                    try:
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    except OSError:
+                        pass
+                os.close(pidfd)
+                if new or attempt == START_ATTEMPTS - 1:
+                    self.events["start_failed"] += 1
+                    raise Unavailable("the cenv's worker could not start") from exc
+        else:
+            self.events["start_failed"] += 1
+            raise Unavailable("the cenv's worker could not start")
+        self.events["started" if new else "joined"] += 1
         if cenv in self._lost:
             self._lost.discard(cenv)
-            self.events["restarted"] += 1
-        try:
-            with trio.fail_after(HELLO_TIMEOUT):
-                stream = await trio.open_unix_socket(str(path))
-                channel = MessageChannel(stream)
-                await channel.send(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {}))
-                hello = await channel.receive()
-            if not isinstance(hello, proto.Hello) or not isinstance(hello.info.get("secret"), bytes):
-                raise Unavailable("the worker did not greet properly")
-        except (OSError, trio.TooSlowError, trio.EndOfChannel, proto.ProtocolError, proto.BrokenChannel) as exc:
-            try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except OSError:
-                pass
-            os.close(pidfd)
-            self.events["start_failed"] += 1
-            raise Unavailable("the cenv's worker could not start") from exc
+            if new:
+                self.events["restarted"] += 1
         w = WorkerClient(cenv, pid, pidfd, channel, hello.info["secret"], self._worker_closing,
                          self.connection_lost)
         settings = hello.info.get("settings")
@@ -145,6 +145,20 @@ class Supervisor:
         self.nursery.start_soon(w.run_reader)
         self.nursery.start_soon(self._watch, w)
         return w
+
+    async def _greet(self, cenv: str) -> tuple[MessageChannel, proto.Hello]:
+        stream = await trio.open_unix_socket(str(self.run_dir / f"{cenv}.sock"))
+        try:
+            channel = MessageChannel(stream)
+            await channel.send(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {}))
+            hello = await channel.receive()
+            if not isinstance(hello, proto.Hello) or not isinstance(hello.info.get("secret"), bytes):
+                raise proto.DecodeError("the worker did not greet properly")
+            return channel, hello
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
 
     async def _watch(self, w: WorkerClient) -> None:
         """Notice the worker's exit through its pidfd (the fork server, not we, is its parent)."""

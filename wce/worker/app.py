@@ -73,6 +73,7 @@ async def handle(tenant: Tenant, req: proto.Request) -> proto.Response | StreamR
     A streamed answer is returned as is, for the server to send.
     """
     try:
+        tenant.check_rate(req.client)
         handler, params = route(req.method, req.path)
         call = Call(tenant, req, tenant.identify(req.identity), params)
         reply = await handler(call)

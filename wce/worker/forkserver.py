@@ -4,19 +4,28 @@ Started by the gateway before its event loop, with MALLOC_ARENA_MAX=1. It never 
 so a fork here copies no event loop, threads or locks: a cold cenv costs a fork (~15 ms) instead
 of a fresh interpreter (~130 ms), and workers share the imported code copy-on-write.
 
+It is also the one arbiter every gateway process shares: it knows which worker serves which cenv,
+so however many gateways ask for a cenv at once, exactly one worker is started, and it keeps the
+limits that must hold across gateways (cenvs created per client address).
+
 Requests arrive on a listening Unix socket, one per connection, as one frame of msgpack:
-    {"op": "spawn", "cenv": ID}      + the worker's listening socket as SCM_RIGHTS -> {"ok", "pid"}
+    {"op": "spawn", "cenv": ID}      -> {"ok", "pid", "new"}: the cenv's live worker, started if none
+                                        (it listens on {run}/{ID}.sock; "new" tells who started it)
+    {"op": "admit", "kind": "new"|"import", "ip"}   -> {"ok"} or {"ok": false, "code", "message", "retry_after"}
     {"op": "create", "cenv": ID, "username", "password", "ip"}   -> {"ok"} or {"ok": false, "code", "message"}
     {"op": "import", "cenv": ID, "username", "password", "ip"} + the uploaded file as SCM_RIGHTS
                                                                   -> {"ok"} or {"ok": false, "code", "message"}
 `create` and `import` run in a short-lived forked child (argon2 takes ~50 ms; checking a file takes
 longer), which answers on the connection.
+
+A worker that begins closing removes its socket name first; a spawn that finds the name gone
+starts a successor, which waits for the cenv's lock (`{run}/{ID}.lock`, held by a worker for its
+whole life) before it opens the file: never two workers on one cenv.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -31,6 +40,9 @@ from typing import Any, NoReturn
 import msgpack
 
 from wce.config import ServerConfig
+from wce.process import die_with_parent
+from wce.core.ids import is_id
+from wce.core.throttle import SlidingWindow
 from wce.proto.framing import FrameDecoder, frame
 
 # Imported here so that forked workers find them loaded (the point of the zygote).
@@ -42,21 +54,12 @@ from wce.core import auth, backup, cenv  # noqa: E402
 from wce.core.errors import WceError  # noqa: E402
 from wce.worker import server  # noqa: E402
 
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 _children: set[int] = set()
+_workers: dict[str, tuple[int, int]] = {}  # cenv -> (pid, inode of its socket name) of its newest worker
 
 
 class _Stop(Exception):
     pass
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask the kernel to send `sig` when our parent exits, so nothing outlives its owner."""
-    parent = os.getppid()
-    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def _reap(signum: int, frame_: Any) -> None:
@@ -67,7 +70,14 @@ def _reap(signum: int, frame_: Any) -> None:
             return
         if pid == 0:
             return
-        _children.discard(pid)
+        _forget(pid)
+
+
+def _forget(pid: int) -> None:
+    _children.discard(pid)
+    for cenv_id, (wpid, _) in list(_workers.items()):
+        if wpid == pid:
+            del _workers[cenv_id]
 
 
 def _stop(signum: int, frame_: Any) -> None:
@@ -104,28 +114,74 @@ def _after_fork(listener: socket.socket, conn: socket.socket | None) -> None:
     random.seed()
 
 
-def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any],
-           fds: list[int]) -> None:
+def _live_worker(config: ServerConfig, cenv_id: str) -> int | None:
+    """The pid of cenv's worker if it is alive and still listening under its socket name."""
+    known = _workers.get(cenv_id)
+    if known is None:
+        return None
+    pid, ino = known
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # dead, and SIGCHLD not handled yet
+            _forget(pid)
+            return None
+    except ChildProcessError:
+        _forget(pid)
+        return None
+    try:
+        if os.stat(config.runtime_path / f"{cenv_id}.sock").st_ino == ino:
+            return pid
+    except FileNotFoundError:
+        pass
+    return None  # closing: it took its name away; a successor waits for its lock
+
+
+def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any]) -> None:
     cenv_id = msg.get("cenv")
-    if len(fds) != 1 or not isinstance(cenv_id, str):
-        for fd in fds:
-            os.close(fd)
+    if not isinstance(cenv_id, str) or not is_id(cenv_id):
         _reply(conn, {"ok": False, "code": "internal", "message": "bad spawn request"})
         return
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            conn.close()
-            _after_fork(listener, None)
-            code = server.run_worker(fds[0], cenv_id, config)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
+    pid = _live_worker(config, cenv_id)
+    if pid is not None:
+        _reply(conn, {"ok": True, "pid": pid, "new": False})
+        return
+    run = config.runtime_path
+    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = run / f"{cenv_id}.sock"
+    path.unlink(missing_ok=True)
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lst.bind(str(path))
+        os.chmod(path, 0o600)
+        lst.listen(128)
+        ino = os.stat(path).st_ino
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                conn.close()
+                _after_fork(listener, None)
+                code = server.run_worker(lst.detach(), cenv_id, config, path, ino)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+    finally:
+        lst.close()
     _children.add(pid)
-    os.close(fds[0])
-    _reply(conn, {"ok": True, "pid": pid})
+    _workers[cenv_id] = (pid, ino)
+    _reply(conn, {"ok": True, "pid": pid, "new": True})
+
+
+def _admit(admissions: SlidingWindow, conn: socket.socket, msg: dict[str, Any]) -> None:
+    """Count one cenv creation (or import) from a client address, against the server-wide limit."""
+    key = f"{msg.get('kind')}:{msg.get('ip')}"
+    retry = admissions.retry_after(key)
+    if retry is not None:
+        _reply(conn, {"ok": False, "code": "rate_limited", "retry_after": retry,
+                      "message": "too many cenvs created from this address; try again later"})
+        return
+    admissions.hit(key)
+    _reply(conn, {"ok": True})
 
 
 def _job(config: ServerConfig, listener: socket.socket, conn: socket.socket, what: str,
@@ -197,6 +253,7 @@ def serve(listen_fd: int, config: ServerConfig) -> None:
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGTERM, _stop)
     die_with_parent(signal.SIGTERM)
+    admissions = SlidingWindow(config.new_per_hour, 3600.0)
     gc.collect()
     gc.freeze()
     try:
@@ -207,7 +264,11 @@ def serve(listen_fd: int, config: ServerConfig) -> None:
                 msg, fds = _read_request(conn)
                 op = msg.get("op")
                 if op == "spawn":
-                    _spawn(config, listener, conn, msg, fds)
+                    for fd in fds:
+                        os.close(fd)
+                    _spawn(config, listener, conn, msg)
+                elif op == "admit":
+                    _admit(admissions, conn, msg)
                 elif op == "create":
                     for fd in fds:
                         os.close(fd)

@@ -9,11 +9,14 @@ to a race with the idle timer.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import sys
+import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -50,6 +53,7 @@ class Worker:
         tenant.notify = self.broadcast
         self._pushed: dict[str, str] = {}  # public page path -> etag, as every gateway has them
         self._pushed_version = -1
+        self.socket_name: tuple[Path, int] | None = None  # (path, inode) the fork server bound for us
 
     def _public_pages(self) -> dict[str, Any]:
         rc = self.tenant.render_cache
@@ -101,11 +105,24 @@ class Worker:
         if self.closing:
             return
         self.closing = reason
+        self._give_up_name()
         self.closing_event.set()
         for scope in list(self.streams):  # streams never end by themselves: end them now
             scope.cancel()
         await self._to_all(proto.Closing(reason))
         self._check_done()
+
+    def _give_up_name(self) -> None:
+        """Remove our socket's name (if it is still ours) before telling anyone we are closing: a
+        gateway that then asks the fork server for this cenv gets a successor, not us."""
+        if self.socket_name is None:
+            return
+        path, inode = self.socket_name
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except OSError:
+            pass
 
     def _check_done(self) -> None:
         if self.closing and not self.channels:
@@ -222,12 +239,14 @@ class Worker:
                 await self.begin_closing("shutdown")
 
 
-async def serve(listen_fd: int, tenant: Tenant, config: ServerConfig) -> None:
+async def serve(listen_fd: int, tenant: Tenant, config: ServerConfig,
+                socket_name: tuple[Path, int] | None = None) -> None:
     """Run until closed and drained."""
     sock = trio.socket.fromfd(listen_fd, socket.AF_UNIX, socket.SOCK_STREAM)
     os.close(listen_fd)
     listener = trio.SocketListener(sock)
     worker = Worker(tenant, config)
+    worker.socket_name = socket_name
     async with trio.open_nursery() as nursery:
         async def accept_until_closing() -> None:
             with trio.CancelScope() as cs:
@@ -251,8 +270,30 @@ async def _cancel_on(event: trio.Event, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig) -> int:
-    """Entry point in a freshly forked child; returns the exit code."""
+def lock_cenv(config: ServerConfig, cenv_id: str, timeout: float = DRAIN_TIMEOUT + 5) -> int | None:
+    """Take the cenv's lock, held for the worker's whole life (the kernel drops it at exit): a
+    successor started while its predecessor drains waits here, so one cenv never has two workers.
+    The descriptor, or None if the predecessor did not exit in time."""
+    fd = os.open(config.runtime_path / f"{cenv_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.005)
+
+
+def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig, socket_name: Path | None = None,
+               socket_inode: int = 0) -> int:
+    """Entry point in a freshly forked child; returns the exit code. `socket_name` (with the inode
+    the fork server bound) is removed when the worker begins closing, so no gateway connects to it."""
+    if lock_cenv(config, cenv_id) is None:
+        print(f"wce worker {cenv_id}: the previous worker of this cenv did not exit", file=sys.stderr)
+        return 3
     try:
         tenant = Tenant.open(cenv_id, path_for(config.data_path, cenv_id), config)
     except Exception:
@@ -263,7 +304,7 @@ def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig) -> int:
     limits.install_cpu_handler()
     db.set_size_cap(tenant.conn, int(tenant.settings["max_db_mb"]))
     try:
-        trio.run(serve, listen_fd, tenant, config)
+        trio.run(serve, listen_fd, tenant, config, (socket_name, socket_inode) if socket_name else None)
     finally:
         tenant.close()
     return 0

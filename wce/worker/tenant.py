@@ -12,7 +12,7 @@ from wce.config import ServerConfig
 from wce.core import accounts, cenv, db, events, schema, settings, sqlguard
 from wce.core.permissions import Access
 from wce.core.tables import Catalog
-from wce.core.errors import Unauthenticated
+from wce.core.errors import RateLimited, Unauthenticated
 from wce.core.throttle import SlidingWindow
 
 from .events_hub import EventHub
@@ -42,6 +42,8 @@ class Tenant:
         self.settings: dict[str, Any] = settings.read(conn, config.cenv_defaults())
         self.failed_by_ip = SlidingWindow(LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
         self.failed_by_user = SlidingWindow(LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
+        self.request_limiter: SlidingWindow | None = None  # rate_limit_per_minute, per client address
+        self._apply_rate_limit()
         self.scripts = ScriptRegistry(self)
         self.triggers = TriggerRunner(self)
         self.retire_after_reply = False  # set when a script hit the memory cap: answer, then exit
@@ -82,11 +84,30 @@ class Tenant:
         return user
 
     def gateway_settings(self) -> dict[str, Any]:
-        """The settings a gateway enforces for this cenv (sent in Hello and after each change)."""
+        """The settings a gateway must know of this cenv (sent in Hello and after each change)."""
         return {"rate_limit_per_minute": int(self.settings["rate_limit_per_minute"])}
 
+    def _apply_rate_limit(self) -> None:
+        limit = int(self.settings["rate_limit_per_minute"])
+        current = self.request_limiter.limit if self.request_limiter is not None else 0
+        if limit != current:
+            self.request_limiter = SlidingWindow(limit, 60.0) if limit > 0 else None
+
+    def check_rate(self, client: str) -> None:
+        """Count one request from client; RateLimited past the cenv's per-minute limit. Kept here,
+        in the one process per cenv, so the limit holds however many gateways forward to it."""
+        limiter = self.request_limiter
+        if limiter is None:
+            return
+        retry = limiter.retry_after(client)
+        if retry is not None:
+            raise RateLimited("this cenv's request rate limit is reached; slow down", retry_after=retry)
+        limiter.hit(client)
+
     async def announce_settings(self) -> None:
-        """Tell every connected gateway about changed settings it enforces."""
+        """Apply changed settings, and tell every connected gateway about those it must know (a
+        rate-limited cenv's pages are not served from the gateways' caches)."""
+        self._apply_rate_limit()
         if self.notify is not None:
             await self.notify("settings", self.gateway_settings())
 

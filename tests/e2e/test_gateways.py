@@ -1,0 +1,137 @@
+"""Several gateway processes on one port (`wce serve --workers 2`): one worker per cenv however many
+gateways ask at once, limits that hold across gateways, a killed gateway replaced, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from wce.config import ServerConfig
+
+from support import Server, admin_cenv, alive, assert_safe_error, bearer, new_cenv, processes_mentioning, start_server
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path, "--workers", "2", "--idle-timeout", "600")
+    assert len(srv.gateways()) == 2
+    yield srv
+    assert srv.stop() == 0
+    assert processes_mentioning(str(srv.data)) == []
+
+
+@pytest.fixture
+async def client(two: Server) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=two.url, timeout=30) as c:
+        yield c
+
+
+def gateway_links(srv: Server, cenv: str) -> int:
+    """Gateway connections the cenv's worker has accepted: the connected sockets that carry its
+    socket's name in /proc/net/unix (state 03 = connected; the listener is 01)."""
+    path = str(ServerConfig(data=str(srv.data)).runtime_path / f"{cenv}.sock")
+    n = 0
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) == 8 and parts[7] == path and parts[5] == "03":
+            n += 1
+    return n
+
+
+async def burst(srv: Server, n: int, method: str, path: str, **kw: object) -> list[httpx.Response]:
+    """n requests at once, each on its own new connection (so they spread over the gateways)."""
+    out: list[httpx.Response] = []
+
+    async def one() -> None:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+            out.append(await c.request(method, path, **kw))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    return out
+
+
+async def test_concurrent_first_requests_through_both_gateways_start_one_worker(two: Server,
+                                                                                client: httpx.AsyncClient) -> None:
+    cenv = await new_cenv(client)
+    two.wait_workers(0)
+    answers = await burst(two, 30, "GET", f"/{cenv}/")
+    assert [r.status_code for r in answers] == [200] * 30
+    assert len(two.workers()) == 1
+    assert gateway_links(two, cenv) == 2  # both gateways reached it: the same worker
+
+
+async def test_cenv_rate_limit_holds_across_gateways(two: Server, client: httpx.AsyncClient) -> None:
+    c = await admin_cenv(client)
+    h = bearer(c.admin)
+    r = await client.post(c.url("/api/pages"), headers=h, json={"path": "/hello", "template": "<p>hello</p>"})
+    assert r.status_code == 201, r.text
+    assert (await client.patch(c.url("/api/config"), headers=h, json={"rate_limit_per_minute": 6})).status_code == 200
+    # every request counts once, whichever gateway takes it, cached public page included
+    answers = await burst(two, 16, "GET", c.url("/hello"))
+    assert gateway_links(two, c.id) == 2
+    assert sorted(r.status_code for r in answers) == [200] * 6 + [429] * 10
+    refused = next(r for r in answers if r.status_code == 429)
+    assert_safe_error(refused, 429, "rate_limited")
+    assert 0 < int(refused.headers["retry-after"]) <= 60
+
+
+async def test_new_rate_limit_holds_across_gateways(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--workers", "2", "--new-per-hour", "3")
+    try:
+        answers = await burst(srv, 8, "POST", "/new", json={"username": "admin", "password": "correct horse"})
+        assert sorted(r.status_code for r in answers) == [201] * 3 + [429] * 5
+        assert_safe_error(next(r for r in answers if r.status_code == 429), 429, "rate_limited")
+    finally:
+        assert srv.stop() == 0
+
+
+async def test_killed_gateway_is_replaced_and_the_worker_kept(two: Server, client: httpx.AsyncClient) -> None:
+    cenv = await new_cenv(client)
+    assert [r.status_code for r in await burst(two, 10, "GET", f"/{cenv}/")] == [200] * 10
+    [worker] = two.wait_workers(1)
+    victim = two.gateways()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while (victim in two.gateways() or len(two.gateways()) != 2) and time.monotonic() < deadline:
+        await trio.sleep(0.05)
+    assert victim not in two.gateways() and len(two.gateways()) == 2
+    answers = await burst(two, 20, "GET", f"/{cenv}/")
+    assert [r.status_code for r in answers] == [200] * 20
+    assert two.workers() == [worker] and alive(worker)
+
+
+async def test_sigterm_stops_every_gateway_and_worker(two: Server, client: httpx.AsyncClient) -> None:
+    cenvs = [await new_cenv(client) for _ in range(2)]
+    for cenv in cenvs:
+        await burst(two, 6, "GET", f"/{cenv}/")
+    assert len(two.wait_workers(2)) == 2
+    assert two.stop() == 0
+    deadline = time.monotonic() + 5
+    while processes_mentioning(str(two.data)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_mentioning(str(two.data)) == []
+
+
+async def test_idle_worker_closes_for_every_gateway_and_a_successor_serves(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, "--workers", "2", "--idle-timeout", "0.5")
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            c = await admin_cenv(client)
+            await burst(srv, 10, "GET", c.url("/auth/me"), headers=bearer(c.admin))
+            [first] = srv.wait_workers(1)
+            assert srv.wait_workers(0, timeout=15) == []  # idle: it told both gateways, they let go
+            answers = await burst(srv, 10, "GET", c.url("/auth/me"), headers=bearer(c.admin))
+            assert [r.status_code for r in answers] == [200] * 10
+            [second] = srv.wait_workers(1)
+            assert second != first
+    finally:
+        assert srv.stop() == 0
