@@ -210,3 +210,44 @@ async def add_user(client: httpx.AsyncClient, c: Cenv, username: str, role: str 
 
 def audit_count(data: Path, cenv: str) -> int:
     return int(sql(data, cenv, "SELECT count(*) FROM _wce_audit_log")[0][0])
+
+
+def gateway_links(srv: Server, cenv: str) -> int:
+    """Gateway connections the cenv's worker has accepted: the connected sockets that carry its
+    socket's name in /proc/net/unix (state 03 = connected; the listener is 01)."""
+    from wce.config import ServerConfig
+
+    path = str(ServerConfig(data=str(srv.data)).runtime_path / f"{cenv}.sock")
+    n = 0
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) == 8 and parts[7] == path and parts[5] == "03":
+            n += 1
+    return n
+
+
+async def burst(srv: Server, n: int, method: str, path: str, **kw: Any) -> list[httpx.Response]:
+    """n requests at once, each on its own new connection (so they spread over the gateways)."""
+    import trio
+
+    out: list[httpx.Response] = []
+
+    async def one() -> None:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+            out.append(await c.request(method, path, **kw))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    return out
+
+
+async def link_every_gateway(srv: Server, cenv: str) -> None:
+    """Make every gateway process connect to the cenv's worker (a gateway serves a cenv's cached
+    pages only once it has a connection to its worker): fresh connections until all have."""
+    want = len(srv.gateways())
+    for _ in range(50):
+        if gateway_links(srv, cenv) >= want:
+            return
+        await burst(srv, 8, "GET", f"/{cenv}/auth/me")
+    raise AssertionError(f"only {gateway_links(srv, cenv)} of {want} gateways reached the worker")

@@ -13,9 +13,8 @@ import httpx
 import pytest
 import trio
 
-from wce.config import ServerConfig
-
-from support import Server, admin_cenv, alive, assert_safe_error, bearer, new_cenv, processes_mentioning, start_server
+from support import (Server, admin_cenv, alive, assert_safe_error, bearer, burst, gateway_links, new_cenv,
+                     processes_mentioning, start_server)
 
 
 @pytest.fixture
@@ -31,32 +30,6 @@ def two(tmp_path: Path) -> Iterator[Server]:
 async def client(two: Server) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=two.url, timeout=30) as c:
         yield c
-
-
-def gateway_links(srv: Server, cenv: str) -> int:
-    """Gateway connections the cenv's worker has accepted: the connected sockets that carry its
-    socket's name in /proc/net/unix (state 03 = connected; the listener is 01)."""
-    path = str(ServerConfig(data=str(srv.data)).runtime_path / f"{cenv}.sock")
-    n = 0
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        parts = line.split()
-        if len(parts) == 8 and parts[7] == path and parts[5] == "03":
-            n += 1
-    return n
-
-
-async def burst(srv: Server, n: int, method: str, path: str, **kw: object) -> list[httpx.Response]:
-    """n requests at once, each on its own new connection (so they spread over the gateways)."""
-    out: list[httpx.Response] = []
-
-    async def one() -> None:
-        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
-            out.append(await c.request(method, path, **kw))  # type: ignore[arg-type]
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(n):
-            nursery.start_soon(one)
-    return out
 
 
 async def test_concurrent_first_requests_through_both_gateways_start_one_worker(two: Server,
@@ -133,5 +106,27 @@ async def test_idle_worker_closes_for_every_gateway_and_a_successor_serves(tmp_p
             assert [r.status_code for r in answers] == [200] * 10
             [second] = srv.wait_workers(1)
             assert second != first
+    finally:
+        assert srv.stop() == 0
+
+
+async def test_metrics_add_up_every_gateway(tmp_path: Path) -> None:
+    token = "metrics-token-for-tests-0123456789"
+    srv = start_server(tmp_path, "--workers", "2", env={"WCE_METRICS_TOKEN": token})
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            c = await admin_cenv(client)
+            answers = await burst(srv, 24, "GET", c.url("/auth/me"), headers=bearer(c.admin))
+            assert [r.status_code for r in answers] == [200] * 24
+            assert gateway_links(srv, c.id) == 2
+            await trio.sleep(2.5)  # each gateway writes its counters every second
+            # whichever gateway answers the scrape, the totals are the server's
+            scrapes = [r.text for r in await burst(srv, 6, "GET", "/metrics", headers=bearer(token))]
+        for text in scrapes:
+            samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+            assert float(samples['wce_requests_total{route="auth",status_class="2xx"}']) == 25  # login + 24
+            assert float(samples['wce_requests_total{route="new",status_class="2xx"}']) == 1
+            assert float(samples["wce_workers_live"]) == 1
+            assert float(samples["wce_worker_starts_total"]) == 1  # the other gateway joined it
     finally:
         assert srv.stop() == 0

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from support import ROOT, Server, alive, reaped, assert_safe_error, bearer, login, new_cenv, processes_mentioning, sql, start_server
@@ -205,3 +206,39 @@ async def test_requests_right_after_a_silent_death_are_served(fresh_server: Serv
                 await trio.sleep(0.001)
             r = await client.get(f"/{cenv}/auth/me", headers=bearer(token))
             assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("gateways", ["1", "2"])
+async def test_killed_fork_server_is_replaced_and_cenvs_keep_serving(tmp_path: Path, gateways: str) -> None:
+    srv = start_server(tmp_path, "--workers", gateways)
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            cenv = await new_cenv(client)
+            token = await login(client, cenv)
+            [worker] = srv.wait_workers(1)
+            old = srv.forkserver
+            os.kill(old, signal.SIGKILL)  # its workers go with it (PR_SET_PDEATHSIG)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    if srv.forkserver != old:
+                        break
+                except AssertionError:  # none at this instant
+                    pass
+                await trio.sleep(0.05)
+            assert srv.forkserver != old
+            statuses = []
+            while time.monotonic() < deadline:  # requests in flight at the kill may get 503
+                r = await client.get(f"/{cenv}/auth/me", headers=bearer(token))
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    break
+                assert_safe_error(r, 503, "unavailable")
+                await trio.sleep(0.1)
+            assert statuses[-1] == 200
+            assert not alive(worker)
+            r = await client.post("/new", json={"username": "admin", "password": "correct horse"})
+            assert r.status_code == 201
+    finally:
+        assert srv.stop() == 0
+    assert processes_mentioning(str(srv.data)) == []

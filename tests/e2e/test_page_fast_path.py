@@ -9,7 +9,7 @@ import socket
 
 import httpx
 
-from support import Server, admin_cenv, bearer
+from support import Server, admin_cenv, bearer, link_every_gateway
 from wce import proto
 from wce.config import ServerConfig
 
@@ -65,6 +65,7 @@ async def test_gateway_answers_public_pages_like_the_worker(client: httpx.AsyncC
     # the gateway answers without the worker: a stopped worker does not stop the page
     me = await client.get(c.url("/auth/me"), headers=h)
     assert me.status_code == 200
+    await link_every_gateway(server, c.id)  # whichever gateway takes the next connection has the page
     pids = server.workers()
     for p in pids:
         os.kill(p, signal.SIGSTOP)

@@ -25,13 +25,28 @@ REPLY_TIMEOUT = 30.0
 class ForkServer:
     """The zygote process and how to talk to it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], path: Path, config: ServerConfig) -> None:
         self.proc = proc
         self.path = path
+        self.config = config
 
     @classmethod
     def start(cls, config: ServerConfig) -> ForkServer:
-        """Start the zygote (call before trio.run: the child must not inherit an event loop)."""
+        """Start the zygote (a fresh interpreter: it inherits nothing of the caller's event loop)."""
+        proc, path = cls._launch(config)
+        return cls(proc, path, config)
+
+    def restart_if_dead(self) -> bool:
+        """Start a new zygote if ours has exited (its workers went with it, PR_SET_PDEATHSIG): the
+        next spawn starts them again. Gateways find it by its socket path. True if restarted."""
+        if self.proc.poll() is None:
+            return False
+        print(f"wce: the fork server exited ({self.proc.returncode}); starting another", file=sys.stderr, flush=True)
+        self.proc, self.path = self._launch(self.config)
+        return True
+
+    @staticmethod
+    def _launch(config: ServerConfig) -> tuple[subprocess.Popen[bytes], Path]:
         run = config.runtime_path
         run.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = run / "forkserver.sock"
@@ -48,7 +63,7 @@ class ForkServer:
             pass_fds=(lst.fileno(),), env=env, stdin=subprocess.DEVNULL,
         )
         lst.close()
-        return cls(proc, path)
+        return proc, path
 
     async def _ask(self, msg: dict[str, Any], fd: int | None = None) -> dict[str, Any]:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -65,11 +65,12 @@ def listening_sockets(config: ServerConfig, n: int) -> list[socket.socket]:
 
 
 class Master:
-    """Forks and watches the gateway processes; `run_gateway(fd)` is one gateway's whole life."""
+    """Forks and watches the gateway processes; `run_gateway(fd, index)` is one gateway's whole life."""
 
     def __init__(self, config: ServerConfig, sockets: list[socket.socket],
-                 run_gateway: Callable[[int], None]) -> None:
+                 run_gateway: Callable[[int, int], None], on_child_exit: Callable[[], object] = lambda: None) -> None:
         self.config = config
+        self.on_child_exit = on_child_exit  # for our other children (the fork server)
         self.sockets = sockets
         self.run_gateway = run_gateway
         self.children: dict[int, int] = {}  # pid -> index of its socket
@@ -87,7 +88,7 @@ class Master:
                 for i, s in enumerate(self.sockets):
                     if i != index:
                         s.close()
-                self.run_gateway(self.sockets[index].fileno())
+                self.run_gateway(self.sockets[index].fileno(), index)
                 code = 0
             except BaseException:  # noqa: BLE001 - the child must never return into the parent's loop
                 import traceback
@@ -110,6 +111,7 @@ class Master:
                 info = signal.sigwaitinfo(_SIGNALS)
                 if info.si_signo != signal.SIGCHLD:
                     break
+                self.on_child_exit()
                 for pid, index in self._reap():
                     print(f"wce: gateway {pid} exited; starting another", file=sys.stderr, flush=True)
                     if time.monotonic() - self.started.get(index, 0) < 1:

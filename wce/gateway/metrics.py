@@ -16,12 +16,21 @@ only when a scraper asks. Metrics (all counters are since the gateway started):
                                                        counted from a worker's `x-wce-cache: hit|miss`
                                                        response header (see PAGE_CACHE_HEADER)
     wce_imports_total{result}                          POST /import: ok / refused
+
+With several gateway processes each counts its own requests and writes them to a file in the run
+folder every second (`MetricsFiles`); a scrape, answered by whichever gateway takes it, adds the
+others' files to its own live counters, so the totals are the server's (the others' part up to a
+second old). `wce_workers_live` then counts the workers' socket names, which are server-wide.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from bisect import bisect_left
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -82,6 +91,29 @@ class Metrics:
         if result in ("hit", "miss"):
             self.page_cache[result] += 1
 
+    def snapshot(self, worker_events: dict[str, int]) -> dict[str, Any]:
+        """Every counter as plain JSON (worker events included), for another gateway to add up."""
+        return {
+            "requests": [[route, cls, n] for (route, cls), n in self.requests.items()],
+            "latency": {c: [h.buckets, h.count, h.sum] for c, h in self.latency.items() if h.count},
+            "rate_limited": dict(self.rate_limited), "page_cache": dict(self.page_cache),
+            "imports": dict(self.imports), "events": dict(worker_events),
+        }
+
+    def add(self, snap: dict[str, Any]) -> dict[str, int]:
+        """Add another gateway's snapshot to these counters; its worker events."""
+        for route, cls, n in snap.get("requests", ()):
+            self.requests[(route, cls)] += n
+        for cls, (buckets, count, total) in snap.get("latency", {}).items():
+            h = self.latency[cls]
+            h.buckets = [a + b for a, b in zip(h.buckets, buckets, strict=True)]
+            h.count += count
+            h.sum += total
+        self.rate_limited.update(snap.get("rate_limited", {}))
+        self.page_cache.update(snap.get("page_cache", {}))
+        self.imports.update(snap.get("imports", {}))
+        return dict(snap.get("events", {}))
+
     def render(self, live_workers: int, worker_events: dict[str, int]) -> str:
         """The Prometheus text exposition format, version 0.0.4."""
         out: list[str] = []
@@ -123,3 +155,35 @@ class Metrics:
         for result in ("ok", "refused"):
             out.append(f'wce_imports_total{{result="{result}"}} {self.imports[result]}')
         return "\n".join(out) + "\n"
+
+
+class MetricsFiles:
+    """The counters of N gateway processes, shared through `{run}/gateway-{i}.metrics` files."""
+
+    def __init__(self, run_dir: Path, index: int, count: int) -> None:
+        self.run_dir = run_dir
+        self.index = index
+        self.count = count
+
+    def _path(self, i: int) -> Path:
+        return self.run_dir / f"gateway-{i}.metrics"
+
+    def write(self, snap: dict[str, Any]) -> None:
+        """Replace this gateway's file (atomically: a reader never sees half of it)."""
+        tmp = self._path(self.index).with_suffix(".tmp")
+        tmp.write_text(json.dumps(snap))
+        os.replace(tmp, self._path(self.index))
+
+    def render(self, own: Metrics, own_events: dict[str, int]) -> str:
+        """The server's metrics: our live counters plus every other gateway's last file."""
+        total = Metrics()
+        events: Counter[str] = Counter(total.add(own.snapshot(own_events)))
+        for i in range(self.count):
+            if i == self.index:
+                continue
+            try:
+                events.update(total.add(json.loads(self._path(i).read_text())))
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # not written yet (a gateway starting), or a torn read: counted next time
+        live = sum(1 for p in self.run_dir.glob("*.sock") if p.name != "forkserver.sock")
+        return total.render(live, dict(events))

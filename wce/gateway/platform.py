@@ -29,7 +29,7 @@ from wce.core.errors import (
 from wce.core.ids import new_id
 from wce.responses import error_parts, json_bytes
 
-from .metrics import Metrics
+from .metrics import Metrics, MetricsFiles
 from .supervisor import Supervisor
 
 Scope = dict[str, Any]
@@ -299,6 +299,7 @@ class MetricsRoute:
         self.token = config.metrics_token.encode()
         self.supervisor = supervisor
         self.metrics = metrics
+        self.files: MetricsFiles | None = None  # set when several gateway processes share the port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from .asgi import send_error
@@ -319,7 +320,10 @@ class MetricsRoute:
             await send_error(send, MethodNotAllowed("use GET"))
             return
         stats = self.supervisor.statistics()
-        body = self.metrics.render(stats.live, stats.events).encode()
+        if self.files is not None:
+            body = self.files.render(self.metrics, stats.events).encode()
+        else:
+            body = self.metrics.render(stats.live, stats.events).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
                                 (b"cache-control", b"no-store")]})

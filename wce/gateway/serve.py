@@ -23,9 +23,12 @@ from wce.config import ServerConfig
 from .asgi import Gateway
 from .forkserver import ForkServer
 from .master import Master, gateway_count, listening_sockets
+from .metrics import MetricsFiles
 from .platform import create_platform_app
 from .supervisor import Supervisor
 from .transport import serve as lean_serve
+
+METRICS_EVERY = 1.0  # seconds between writes of a gateway's counters (several gateways only)
 
 
 def hypercorn_config(config: ServerConfig, listen_fd: int | None = None) -> HypercornConfig:
@@ -41,11 +44,18 @@ def hypercorn_config(config: ServerConfig, listen_fd: int | None = None) -> Hype
     return hc
 
 
-async def _serve(config: ServerConfig, forkserver: ForkServer, listen_fd: int | None = None) -> None:
+async def _serve(config: ServerConfig, forkserver: ForkServer, listen_fd: int | None = None,
+                 index: int = 0, count: int = 1) -> None:
+    """One gateway process: gateway `index` of `count` when the master runs several."""
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         supervisor = Supervisor(config, forkserver, nursery)
         app = Gateway(config, supervisor, create_platform_app(config, supervisor))
+        if count == 1:  # the fork server is our child: bring it back if it dies
+            nursery.start_soon(_watch_forkserver, forkserver)
+        else:  # the master's child, and its business
+            files = app.metrics_route.files = MetricsFiles(config.runtime_path, index, count)
+            nursery.start_soon(_share_metrics, files, app, supervisor)
 
         async def on_signals() -> None:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -63,6 +73,26 @@ async def _serve(config: ServerConfig, forkserver: ForkServer, listen_fd: int | 
         # hypercorn has returned: no new requests, in-flight ones answered (or its grace ran out)
         await supervisor.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def _watch_forkserver(forkserver: ForkServer) -> None:
+    while True:
+        pidfd = os.pidfd_open(forkserver.proc.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        forkserver.restart_if_dead()
+
+
+async def _share_metrics(files: MetricsFiles, app: Gateway, supervisor: Supervisor) -> None:
+    """Every second, our counters to our file, for the scrapes the other gateways answer."""
+    while True:
+        await trio.sleep(METRICS_EVERY)
+        try:
+            files.write(app.metrics.snapshot(supervisor.statistics().events))
+        except OSError:
+            pass  # the run folder is being removed at shutdown
 
 
 def lock_data_dir(config: ServerConfig) -> int:
@@ -87,7 +117,8 @@ def run(config: ServerConfig) -> None:
         if n == 1:
             trio.run(_serve, config, forkserver)
         else:
-            Master(config, sockets, lambda fd: trio.run(_serve, config, forkserver, fd)).run()
+            Master(config, sockets, lambda fd, i: trio.run(_serve, config, forkserver, fd, i, n),
+                   on_child_exit=forkserver.restart_if_dead).run()
     finally:
         forkserver.stop(config.graceful_timeout + 2)
         os.close(lock)
