@@ -14,6 +14,9 @@ import os
 import signal
 import sys
 
+from time import time
+from wsgiref.handlers import format_date_time
+
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
@@ -31,9 +34,26 @@ from .transport import serve as lean_serve
 METRICS_EVERY = 1.0  # seconds between writes of a gateway's counters (several gateways only)
 
 
+class GatewayConfig(HypercornConfig):
+    """hypercorn's Config, with the Date header formatted once a second rather than for every
+    response (`format_date_time` was ~5 µs of a 215 µs cached page in a py-spy profile)."""
+
+    _date_second = -1
+    _date = b""
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        if self.include_server_header or self.alt_svc_headers or self._quic_addresses or not self.include_date_header:
+            return super().response_headers(protocol)
+        now = time()
+        if int(now) != self._date_second:
+            self._date_second = int(now)
+            self._date = format_date_time(now).encode("ascii")
+        return [(b"date", self._date)]
+
+
 def hypercorn_config(config: ServerConfig, listen_fd: int | None = None) -> HypercornConfig:
     """Hypercorn settings for the gateway (on a socket bound by the master, if given)."""
-    hc = HypercornConfig()
+    hc = GatewayConfig()
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"fd://{listen_fd}" if listen_fd is not None else f"{host}:{config.port}"]
     hc.graceful_timeout = config.graceful_timeout

@@ -41,8 +41,8 @@ tests pin both behaviours):
   client that stopped reading outlives the grace period and shutdown waits for that client forever;
   here the sockets still open when the grace period ends are closed.
 
-Left out on purpose: caching the Date header (`Config.response_headers` costs ~1.7 µs, below
-noise, and caching it means patching the Config); writing the response head together with the first
+Left out on purpose (the Date header is cached by `wce.gateway.serve.GatewayConfig`, a Config
+subclass, not here): writing the response head together with the first
 body chunk (hypercorn writes the head on `http.response.start`; holding it back would delay the
 headers of streaming responses, for ~3 µs); an eager `recv` (~11 µs, noise level).
 
