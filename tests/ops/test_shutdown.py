@@ -9,14 +9,16 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from support import bearer, login, new_cenv, processes_mentioning, sql, start_server
 from test_deploy import stop_timeout
 
 
-async def test_sigterm_stops_in_time_without_orphans_or_lost_writes(tmp_path: Path) -> None:
-    srv = start_server(tmp_path)
+@pytest.mark.parametrize("gateways", ["1", "2"])
+async def test_sigterm_stops_in_time_without_orphans_or_lost_writes(tmp_path: Path, gateways: str) -> None:
+    srv = start_server(tmp_path, "--workers", gateways)
     acknowledged: dict[str, list[int]] = {}
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         cenvs = [await new_cenv(client) for _ in range(3)]
