@@ -162,3 +162,83 @@ async def test_broken_stream_is_broken_channel() -> None:
     with pytest.raises(proto.BrokenChannel):
         for _ in range(3):
             await ch.send(proto.Cancel(1))
+
+
+async def test_writer_sends_a_batch_in_one_write_in_order() -> None:
+    """Frames queued in one scheduler batch reach the stream together, in the order queued."""
+    s1, s2 = trio.testing.memory_stream_pair()
+    writes: list[int] = []
+    real_send_all = s1.send_all
+
+    async def counting_send_all(data: bytes) -> None:
+        writes.append(len(data))
+        await real_send_all(data)
+
+    s1.send_all = counting_send_all  # type: ignore[method-assign]
+    a, b = MessageChannel(s1), MessageChannel(s2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.run_writer)
+        await trio.testing.wait_all_tasks_blocked()
+        ends = [a.send_nowait(proto.Cancel(i)) for i in range(10)]
+        assert ends == sorted(ends) and a.flushed == 0 and a.backlog == ends[-1]
+        got = [await b.receive() for _ in range(10)]
+        assert got == [proto.Cancel(i) for i in range(10)]
+        assert writes == [ends[-1]] and a.flushed == ends[-1]
+        await a.send(proto.Cancel(99))  # returns once written
+        assert a.flushed == a.queued
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broken_stream_leaves_later_frames_unflushed() -> None:
+    """What the stream never took stays past `flushed`: the gateway's test for 'safe to resend'."""
+    s1, s2 = trio.testing.memory_stream_pair()
+    a = MessageChannel(s1)
+    await s2.aclose()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.run_writer)
+        end = a.send_nowait(proto.Cancel(1))
+        with pytest.raises(proto.BrokenChannel):
+            await a.wait_flushed(end)
+        assert a.flushed < end
+        with pytest.raises(proto.BrokenChannel):
+            a.send_nowait(proto.Cancel(2))
+
+
+async def test_closed_for_sending_refuses_and_drops_the_queue() -> None:
+    a, b = channel_pair()
+    a.send_nowait(proto.Cancel(1))
+    a.close_sending()
+    with pytest.raises(trio.ClosedResourceError):
+        a.send_nowait(proto.Cancel(2))
+    with pytest.raises(trio.ClosedResourceError):
+        await a.send(proto.Cancel(3))
+    assert a.flushed == 0
+
+
+async def test_socket_channel_round_trip_and_backpressure() -> None:
+    """Over a real socket pair (the raw read/write path): big frames, a peer slower than us."""
+    import socket as stdlib_socket
+
+    x, y = stdlib_socket.socketpair()
+    a = MessageChannel(trio.SocketStream(trio.socket.from_stdlib_socket(x)), high_water=64 * 1024)
+    b = MessageChannel(trio.SocketStream(trio.socket.from_stdlib_socket(y)))
+    big = [proto.StreamChunk(i, bytes([i]) * 300_000) for i in range(6)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.run_writer)
+
+        async def produce() -> None:
+            for m in big:
+                await a.send_soon(m)  # waits while more than high_water is queued
+                assert a.backlog <= a.high_water + 300_100
+
+        nursery.start_soon(produce)
+        got = []
+        for _ in big:
+            got.append(await b.receive())
+            await trio.sleep(0.01)
+        assert got == big
+        await a.aclose()
+        with pytest.raises(trio.EndOfChannel):
+            await b.receive()
+        nursery.cancel_scope.cancel()
+    await b.aclose()

@@ -80,12 +80,18 @@ def record_login_failure(conn: apsw.Connection, username: str, *, ip: str | None
 
 def resolve_session(conn: apsw.Connection, user_id: int, session_id: str) -> User | None:
     """The user behind a live session, or None if it is revoked, expired, or the user is gone or disabled."""
+    found = live_session(conn, user_id, session_id)
+    return found[0] if found else None
+
+
+def live_session(conn: apsw.Connection, user_id: int, session_id: str) -> tuple[User, float] | None:
+    """`resolve_session` with the session's expiry time (for a cache to honour)."""
     row = conn.execute(
-        "SELECT u.id, u.username, u.role FROM _wce_sessions s JOIN _wce_users u ON u.id = s.user_id"
+        "SELECT u.id, u.username, u.role, s.expires_at FROM _wce_sessions s JOIN _wce_users u ON u.id = s.user_id"
         " WHERE s.id = ? AND s.user_id = ? AND s.revoked_at IS NULL AND s.expires_at > ? AND u.disabled = 0",
         (session_id, user_id, time.time()),
     ).fetchone()
-    return User(row[0], row[1], row[2]) if row else None
+    return (User(row[0], row[1], row[2]), float(row[3])) if row else None
 
 
 def revoke_session(conn: apsw.Connection, user: User, session_id: str, *, ip: str | None) -> None:

@@ -142,6 +142,8 @@ class EventBus:
         self._flushing = False
         self._seq = 0
         self._checkpoints = 0
+        self._commits = 0  # counted by the WAL hook, at commit time (not at publication)
+        self._last_write: dict[str, int] = {}  # table -> number of the last commit that wrote it
         self._schema_version = int(conn.pragma("schema_version"))
         self._without_rowid: dict[str, bool] = {}
         conn.preupdate_hook(self._on_preupdate, id=self)
@@ -176,6 +178,9 @@ class EventBus:
 
     def _on_wal(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         if dbname == "main":
+            self._commits += 1
+            for table in self._pending_tables:
+                self._last_write[table] = self._commits
             self._ready.append((frozenset(self._pending_tables), self._pending, self._overflow))
             self._pending = []
             self._pending_tables = set()
@@ -259,6 +264,18 @@ class EventBus:
                                     (table,)).fetchone()
             known = self._without_rowid[table] = bool(row and row[0])
         return known
+
+    def last_write(self, table: str) -> int:
+        """The number of the last commit of this connection that wrote `table` (0 if none), known as
+        soon as COMMIT returns, before the change set is published: a cache of the table's contents
+        compares it to tell whether it is still current."""
+        return self._last_write.get(table, 0)
+
+    @property
+    def published(self) -> int:
+        """Change sets published so far (`statistics().published`, without building the record:
+        the worker reads it after every request)."""
+        return self._seq
 
     def statistics(self) -> BusStatistics:
         """Counts for tests and operators."""

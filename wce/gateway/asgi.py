@@ -19,7 +19,7 @@ from wce.core.errors import BY_CODE, Timeout, TooLarge, Unauthenticated, Unavail
 from wce.core.ids import is_id
 from wce.responses import SESSION_COOKIE, error_parts, etag_matches
 
-from .client import WorkerGone
+from .client import NotSent, WorkerGone
 from .editor import ASSETS, Editor, check_csrf
 from .logs import RequestLog, cenv_route, platform_route
 from .metrics import PAGE_CACHE_HEADER, Metrics
@@ -32,7 +32,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 COOKIE = SESSION_COOKIE.encode() + b"="
-DROPPED_HEADERS = frozenset({"authorization", "cookie"})
+DROPPED_HEADERS = frozenset({b"authorization", b"cookie"})  # credentials reach the worker as `identity`
 
 
 async def send_error(send: Send, exc: WceError) -> None:
@@ -254,22 +254,23 @@ class Gateway:
                 await send_error(send, exc)
                 return
             try:
-                with trio.move_on_after(self.config.hard_deadline) as deadline:
-                    first = await exchange.first()
+                try:
+                    with trio.move_on_after(self.config.hard_deadline) as deadline:
+                        first = await exchange.first()
+                except NotSent:  # the worker died before our request was written to it
+                    self.supervisor.connection_lost(worker)
+                    if attempt == 1:
+                        continue
+                    raise
                 if deadline.cancelled_caught:
                     self.supervisor.kill(worker, "deadline")
                     await send_error(send, _timeout())
                     return
-            except WorkerGone:
-                await exchange.aclose()
-                await send_error(send, _unavailable())
-                return
-            try:
                 await self._relay(send, exchange, first, receive)
             except WorkerGone:
                 await send_error(send, _unavailable())
             finally:
-                await exchange.aclose()
+                exchange.close()  # tells the worker to stop if the answer is not all in
             return
 
     async def _send(self, scope: Scope, send: Send, cenv: str, rest: str, body: bytes, token: str | None,
@@ -295,7 +296,7 @@ class Gateway:
                 cenv=cenv, method=scope["method"], path=rest,
                 query=scope.get("query_string", b"").decode("latin-1"),
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
-                         if k.decode("latin-1") not in DROPPED_HEADERS],
+                         if k not in DROPPED_HEADERS],
                 body=body, client=client_ip, scheme=scope.get("scheme", "http"),
                 identity=identity,
             )

@@ -76,7 +76,7 @@ class Worker:
         """After any commit, send gateways the public pages that changed (and those that went), before
         the answer that caused them: a gateway serving a cached page never answers older than a write
         it has acknowledged. Compared against what was pushed, so renames and withdrawals are caught."""
-        version = self.tenant.bus.statistics().published
+        version = self.tenant.bus.published
         if version == self._pushed_version:
             return
         self._pushed_version = version
@@ -93,11 +93,19 @@ class Worker:
         await self._to_all(proto.Notice(topic, data))
 
     async def _to_all(self, msg: proto.Message) -> None:
-        """One message to every gateway; a gateway that went away is its reader's business."""
+        """One message to every gateway, returning once each connection has taken it (so that
+        what follows on any connection comes after it); a gateway that went away is its reader's
+        business."""
+        queued = []
         for ch in list(self.channels):
             try:
-                await ch.send(msg)
+                queued.append((ch, ch.send_nowait(msg)))
             except (proto.BrokenChannel, trio.ClosedResourceError, proto.EncodeError):
+                pass
+        for ch, end in queued:
+            try:
+                await ch.wait_flushed(end)
+            except (proto.BrokenChannel, trio.ClosedResourceError):
                 pass
 
     async def begin_closing(self, reason: str) -> None:
@@ -147,11 +155,12 @@ class Worker:
         self.channels.add(ch)
         scopes: dict[int, trio.CancelScope] = {}
         try:
-            await self.push_pages()  # bring the other gateways up to date first
-            await ch.send(self._pages_notice(self._public_pages(), [], reset=True))
-            if self.closing:
-                await ch.send(proto.Closing(self.closing))
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(ch.run_writer)  # writes all the answers of a scheduler batch at once
+                await self.push_pages()  # bring the other gateways up to date first
+                await ch.send_soon(self._pages_notice(self._public_pages(), [], reset=True))
+                if self.closing:
+                    await ch.send_soon(proto.Closing(self.closing))
                 try:
                     async for msg in ch:
                         if isinstance(msg, proto.Request):
@@ -184,10 +193,10 @@ class Worker:
                     await self.send_stream(ch, req.id, resp)
                     return
                 try:
-                    await ch.send(resp)
+                    await ch.send_soon(resp)
                 except proto.EncodeError:
                     traceback.print_exc()
-                    await ch.send(proto.Error(req.id, "internal", "internal error"))
+                    await ch.send_soon(proto.Error(req.id, "internal", "internal error"))
                 if self.tenant.retire_after_reply:  # a script blew the memory cap: start afresh
                     await self.begin_closing("memory")
         except (proto.BrokenChannel, trio.ClosedResourceError):

@@ -11,6 +11,7 @@ import apsw
 from wce.config import ServerConfig
 from wce.core import accounts, cenv, db, events, schema, settings, sqlguard
 from wce.core.permissions import Access
+from wce.core.session_cache import SessionCache
 from wce.core.tables import Catalog
 from wce.core.errors import RateLimited, Unauthenticated
 from wce.core.throttle import SlidingWindow
@@ -50,6 +51,7 @@ class Tenant:
         # Commit hooks, then their subscribers in delivery order: pages are re-rendered before any
         # realtime listener hears of the commit, so a client that reacts by fetching sees them.
         self.bus = events.EventBus(conn)
+        self.sessions = SessionCache(conn, self.bus)
         self.render_cache = RenderCache(conn, self.guard, self.access, run_context=self.scripts.run_context)
         self.bus.subscribe(self.render_cache.on_change)
         self.bus.subscribe(self.triggers.on_change)
@@ -76,7 +78,7 @@ class Tenant:
         if identity is None:
             return None
         try:
-            user = accounts.resolve_session(self.conn, int(identity["sub"]), str(identity["jti"]))
+            user = self.sessions.resolve(int(identity["sub"]), str(identity["jti"]))
         except (KeyError, TypeError, ValueError):
             user = None
         if user is None and identity.get("via") == "bearer":
