@@ -251,3 +251,65 @@ async def link_every_gateway(srv: Server, cenv: str) -> None:
             return
         await burst(srv, 8, "GET", f"/{cenv}/auth/me")
     raise AssertionError(f"only {gateway_links(srv, cenv)} of {want} gateways reached the worker")
+
+
+class RawClient:
+    """A bare HTTP/1.1 keep-alive connection (its own socket, so a test knows which gateway
+    process took it: see `gateway_of`)."""
+
+    def __init__(self, url: str) -> None:
+        import socket
+
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        self.send(method, path, headers, body)
+        return self.receive()
+
+    def send(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+        head = [f"{method} {path} HTTP/1.1", "host: test", f"content-length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+
+    def receive(self) -> tuple[int, dict[str, str], bytes]:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed"
+            buf += chunk
+        raw_head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = raw_head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        size = int(hdrs.get("content-length", "0"))
+        while len(rest) < size:
+            chunk = self.sock.recv(65536)
+            assert chunk, "connection closed"
+            rest += chunk
+        return status, hdrs, rest[:size]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def gateway_of(srv: Server, client: RawClient) -> int | None:
+    """The pid of the gateway process that accepted the client's connection (after a request)."""
+    local = client.sock.getsockname()[1]
+    server_port = client.sock.getpeername()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if int(parts[1].split(":")[1], 16) == server_port and int(parts[2].split(":")[1], 16) == local:
+            inode = parts[9]
+    if inode is None:
+        return None
+    for pid in srv.gateways():
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return pid
+        except OSError:
+            continue
+    return None

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import trio
 
-from support import (Server, admin_cenv, alive, assert_safe_error, bearer, burst, gateway_links, new_cenv,
-                     processes_mentioning, start_server)
+from support import (RawClient, Server, admin_cenv, alive, assert_safe_error, bearer, burst, gateway_links, gateway_of,
+                     link_every_gateway, new_cenv, processes_mentioning, start_server)
 
 
 @pytest.fixture
@@ -130,3 +130,52 @@ async def test_metrics_add_up_every_gateway(tmp_path: Path) -> None:
             assert float(samples["wce_worker_starts_total"]) == 1  # the other gateway joined it
     finally:
         assert srv.stop() == 0
+
+
+async def test_a_write_answered_by_one_gateway_is_read_back_through_the_other(two: Server,
+                                                                                client: httpx.AsyncClient) -> None:
+    """Public pages are served by each gateway from what the worker pushed; the push goes to every
+    gateway before the write is answered, and a gateway with an unread push asks the worker."""
+    c = await admin_cenv(client)
+    h = bearer(c.admin)
+    await client.post(c.url("/api/tables"), headers=h, json={"sql": "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"})
+    await client.put(c.url("/api/permissions/t"), headers=h, json={"roles": {"anon": {"select": True}}})
+    r = await client.post(c.url("/api/pages"), headers=h, json={
+        "path": "/last", "template": "{{#rows}}{{v}}{{/rows}}", "queries": {"rows": "SELECT v FROM t ORDER BY id DESC LIMIT 1"}})
+    assert r.status_code == 201, r.text
+    await link_every_gateway(two, c.id)
+    conns: dict[int, RawClient] = {}
+    for _ in range(40):  # one connection on each gateway
+        raw = RawClient(two.url)
+        assert raw.request("GET", c.url("/last"))[0] == 200
+        pid = gateway_of(two, raw)
+        if pid is not None and pid not in conns:
+            conns[pid] = raw
+        else:
+            raw.close()
+        if len(conns) == 2:
+            break
+    assert len(conns) == 2
+    (_, writer), (reading_gateway, reader) = conns.items()
+
+    def write(i: int) -> None:
+        status, _, _ = writer.request("POST", c.url("/api/tables/t/rows"), {**h, "content-type": "application/json"},
+                                      f'{{"v": "v{i}"}}'.encode())
+        assert status == 201
+
+    try:
+        for i in range(100):
+            write(i)
+            assert reader.request("GET", c.url("/last"))[::2] == (200, f"v{i}".encode())
+        # the worst case: the reading gateway wakes to the worker's push and our request at once
+        for i in range(100, 112):
+            os.kill(reading_gateway, signal.SIGSTOP)
+            try:
+                write(i)
+                reader.send("GET", c.url("/last"))
+            finally:
+                os.kill(reading_gateway, signal.SIGCONT)
+            assert reader.receive()[::2] == (200, f"v{i}".encode())
+    finally:
+        for raw in conns.values():
+            raw.close()

@@ -242,3 +242,22 @@ async def test_socket_channel_round_trip_and_backpressure() -> None:
             await b.receive()
         nursery.cancel_scope.cancel()
     await b.aclose()
+
+
+async def test_unread_tells_of_a_message_not_yet_received() -> None:
+    """What the gateway asks before answering a cached page: has the worker said more?"""
+    import socket as stdlib_socket
+
+    x, y = stdlib_socket.socketpair()
+    a = MessageChannel(trio.SocketStream(trio.socket.from_stdlib_socket(x)))
+    b = MessageChannel(trio.SocketStream(trio.socket.from_stdlib_socket(y)))
+    assert not b.unread()
+    await a.send(proto.Notice("pages", {"n": 1}))
+    await a.send(proto.Notice("pages", {"n": 2}))
+    assert b.unread()  # still in the socket
+    assert await b.receive() == proto.Notice("pages", {"n": 1})
+    assert b.unread()  # decoded and waiting
+    assert await b.receive() == proto.Notice("pages", {"n": 2})
+    assert not b.unread()
+    await a.aclose()
+    await b.aclose()

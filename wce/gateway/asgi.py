@@ -213,6 +213,11 @@ class Gateway:
             return False
         if worker.rate_limit:
             return False  # the worker counts every request against the cenv's rate limit
+        if worker.channel.unread():
+            # the worker has told us something we have not read yet, maybe a newer version of this
+            # page: with several gateways, the write that changed it may have been answered by
+            # another gateway already (the worker pushes to all before it answers). Ask the worker.
+            return False
         self.metrics.page_cache_result("hit")
         if type(send) is _Outcome:
             send.pid = worker.pid

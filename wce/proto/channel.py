@@ -20,6 +20,7 @@ trio's `SocketStream` adds a scheduler round trip and a context manager to every
 from __future__ import annotations
 
 import os
+import select
 from collections import deque
 from collections.abc import Callable
 
@@ -67,6 +68,7 @@ class MessageChannel:
         self._broken: str | None = None
         self._closed = False
         self._reads_without_wait = 0
+        self._poll: select.poll | None = None  # for `unread`
 
     # ------------------------------------------------------------------ sending
 
@@ -265,6 +267,18 @@ class MessageChannel:
                     await trio.lowlevel.wait_readable(self._fileno())
         except (OSError, trio.ClosedResourceError, trio.BusyResourceError) as exc:
             raise BrokenChannel(str(exc) or type(exc).__name__) from exc
+
+    def unread(self) -> bool:
+        """True if a message has arrived that `receive` has not returned yet (decoded and waiting,
+        or still in the socket). Asked without waiting: one poll() at most."""
+        if self._ready:
+            return True
+        if self._fileno is None:
+            return False
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self._fileno(), select.POLLIN)
+        return bool(self._poll.poll(0))
 
     # ------------------------------------------------------------------ closing
 
