@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 MAX_PRINT_LINES = 200
 MAX_PRINT_BYTES = 64 * 1024
 PROGRESS_STEPS = 10_000
+MAX_MODULES = 1000  # compiled scripts kept; past it the cache starts afresh
 
 
 class ScriptHost:
@@ -225,9 +226,13 @@ def endpoint_reply(value: Any) -> tuple[int, list[tuple[str, str]], bytes]:
     raise runtime.ScriptFailed("handle_request must return a dict, a list or response(...)")
 
 
+# json.dumps with these arguments would build this encoder on every call
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(value: Any) -> bytes:
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(value).encode()
     except (TypeError, ValueError) as exc:
         raise runtime.ScriptFailed(f"the return value is not JSON: {exc}") from None
 
@@ -243,17 +248,38 @@ def public_error(exc: WceError, is_admin: bool) -> WceError:
 
 
 class ScriptRegistry:
-    """Compiled scripts and the endpoint routing table of one cenv, rebuilt when scripts change."""
+    """Compiled scripts and the endpoint routing table of one cenv, rebuilt when scripts change.
+
+    A stored script is read and compiled once, then served from memory while its version holds:
+    the version is this connection's count of commits that wrote `_wce_scripts` (the event bus
+    counts them in its WAL hook, when COMMIT returns) and `PRAGMA data_version` (which changes
+    when another connection commits anything). Any change drops the routing table and every
+    script's stored row; a script whose source did not change keeps its compiled module. So a
+    script saved is what the very next request runs, from whichever connection it was saved.
+    """
 
     def __init__(self, tenant: Tenant) -> None:
         self.tenant = tenant
-        self._compiled: dict[int, tuple[float, runtime.Compiled]] = {}
+        self._compiled: dict[int, tuple[float, runtime.Compiled]] = {}  # page contexts (negative ids)
+        self._scripts: dict[int, tuple[dict[str, Any], runtime.Compiled]] = {}  # valid for _stamp
+        self._modules: dict[int, tuple[str, str, runtime.Compiled]] = {}  # id -> (kind, source, compiled)
         self._router: EndpointRouter | None = None
+        self._stamp: tuple[int, int] | None = None
         self._reads: dict[tuple[int, str], frozenset[str]] = {}
 
     def invalidate(self) -> None:
-        """Forget the routing table (compiled modules are keyed by their version anyway)."""
+        """Forget the routing table and the stored rows (compiled modules stay, keyed by their source)."""
         self._router = None
+        self._scripts.clear()
+        self._stamp = None
+
+    def _refresh(self) -> None:
+        """Drop what a write to `_wce_scripts` (by this connection or another) may have changed."""
+        conn = self.tenant.conn
+        stamp = (conn.execute("PRAGMA data_version").fetchone()[0], self.tenant.bus.last_write("_wce_scripts"))
+        if stamp != self._stamp:
+            self.invalidate()
+            self._stamp = stamp
 
     def tables_read(self, sql: str) -> frozenset[str]:
         """The tables a query reads (through views too), cached per schema generation: finding out
@@ -291,25 +317,48 @@ class ScriptRegistry:
             raise runtime.ScriptFailed("context(ctx) must return a dict with string keys")
         return value, frozenset(host.reads)
 
-    def router(self) -> EndpointRouter:
+    def _routes(self) -> EndpointRouter:
         if self._router is None:
             rows = self.tenant.conn.execute(
                 "SELECT id, method, path FROM _wce_scripts WHERE kind = 'endpoint'").fetchall()
             self._router = EndpointRouter([(r[0], r[1], r[2]) for r in rows])
         return self._router
 
+    def router(self) -> EndpointRouter:
+        """The endpoint routing table, as the scripts stand now."""
+        self._refresh()
+        return self._routes()
+
+    def endpoint(self, method: str, path: str) -> tuple[tuple[dict[str, Any], runtime.Compiled] | None,
+                                                        dict[str, str], set[str]]:
+        """The endpoint a request goes to, with one look at the scripts' version: (its stored
+        script and compiled form, or None; the path parameters; the methods the path allows)."""
+        self._refresh()
+        sid, params, allowed = self._routes().match(method, path)
+        return (None if sid is None else self._script(sid)), params, allowed
+
     def compiled(self, script_id: int) -> tuple[dict[str, Any], runtime.Compiled]:
-        """A stored script and its compiled form (compiled once per version)."""
+        """A stored script and its compiled form (compiled once per source)."""
+        self._refresh()
+        return self._script(script_id)
+
+    def _script(self, script_id: int) -> tuple[dict[str, Any], runtime.Compiled]:
+        got = self._scripts.get(script_id)
+        if got is not None:
+            return got
         row = self.tenant.conn.execute(
-            "SELECT kind, source, access, updated_at, path, method, tables FROM _wce_scripts WHERE id = ?",
+            "SELECT kind, source, access, path, method, tables FROM _wce_scripts WHERE id = ?",
             (script_id,)).fetchone()
         if row is None:
             raise NotFound("no such script")
-        kind, source, access, updated, path, method, tables = row
-        got = self._compiled.get(script_id)
-        if got is None or got[0] != updated:
-            got = (updated, runtime.compile_script(source, kind, f"{kind}{script_id}.star"))
-            self._compiled[script_id] = got
+        kind, source, access, path, method, tables = row
+        module = self._modules.get(script_id)
+        if module is None or module[0] != kind or module[1] != source:
+            module = (kind, source, runtime.compile_script(source, kind, f"{kind}{script_id}.star"))
+            if len(self._modules) >= MAX_MODULES:
+                self._modules.clear()
+            self._modules[script_id] = module
         info = {"id": script_id, "kind": kind, "access": access, "path": path, "method": method,
                 "tables": json.loads(tables) if tables else []}
-        return info, got[1]
+        got = self._scripts[script_id] = (info, module[2])
+        return got

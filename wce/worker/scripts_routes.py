@@ -85,13 +85,14 @@ async def dispatch(call: Call) -> Reply:
     t = call.tenant
     path = call.req.path[len("/fn"):] or "/"
     method = "GET" if call.req.method == "HEAD" else call.req.method
-    sid, params, allowed = t.scripts.router().match(method, path)
-    if sid is None:
+    found, params, allowed = t.scripts.endpoint(method, path)
+    if found is None:
         if allowed:
             allow = sorted({*allowed, *(["HEAD"] if "GET" in allowed else [])})
             raise MethodNotAllowed(f"{call.req.method} is not allowed here; use {', '.join(sorted(allowed))}", allow)
         raise NotFound("no endpoint at this path")
-    info, compiled = t.scripts.compiled(sid)
+    info, compiled = found
+    sid = info["id"]
     _check_access(call, info["access"])
     actor = actor_of(call)
     host = ScriptHost(t, actor, call.client, f"endpoint:{sid}")
