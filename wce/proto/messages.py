@@ -33,17 +33,18 @@ def _check(cond: bool, what: str) -> None:
 
 
 def _check_headers(headers: Any, what: str) -> None:
-    _check(isinstance(headers, list), f"{what}: headers must be a list")
+    # on every request, both ways: no message text is built unless a check fails
+    if not isinstance(headers, list):
+        raise DecodeError(f"{what}: headers must be a list")
     for pair in headers:
-        _check(
-            isinstance(pair, (list, tuple)) and len(pair) == 2
-            and isinstance(pair[0], str) and isinstance(pair[1], str),
-            f"{what}: each header must be a pair of strings",
-        )
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2
+                and isinstance(pair[0], str) and isinstance(pair[1], str)):
+            raise DecodeError(f"{what}: each header must be a pair of strings")
 
 
 def _check_id(value: Any, what: str) -> None:
-    _check(type(value) is int and 0 <= value < 2**63, f"{what}: id must be a non-negative int")
+    if not (type(value) is int and 0 <= value < 2**63):
+        raise DecodeError(f"{what}: id must be a non-negative int")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,8 @@ class Request:
     def __post_init__(self) -> None:
         _check_id(self.id, "Request")
         for name in ("cenv", "method", "path", "query", "client", "scheme"):
-            _check(isinstance(getattr(self, name), str), f"Request: {name} must be a string")
+            if not isinstance(getattr(self, name), str):
+                raise DecodeError(f"Request: {name} must be a string")
         _check(isinstance(self.body, bytes), "Request: body must be bytes")
         _check_headers(self.headers, "Request")
         _check(self.identity is None or isinstance(self.identity, dict), "Request: identity must be a map")
