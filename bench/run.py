@@ -6,7 +6,7 @@ Two phases, each starting every server afresh on the same CPUs with the same dat
   * one core: the servers on the first CPU (WCE with one gateway process, hypercorn -w 1), wrk on
     the last one;
   * all cores: the servers on every CPU (WCE with a gateway per core, hypercorn -w cores, Datasette
-    with a SQL thread per core, PocketBase as it is), wrk beside them on every CPU.
+    and PocketBase with their defaults), wrk beside them on every CPU.
 In each, medians of `rounds` runs of `seconds` (keep-alive, 32 connections), rotating through:
   * the cached public page (gateway fast path) and its 304;
   * the data API as a user with a grant: get one row by primary key and list 50 rows, on a table
@@ -262,8 +262,10 @@ def run_phase(phase: Phase, args: argparse.Namespace, tmp: Path) -> dict[str, ob
         src.close()
         dst.close()
         dport = free_port()
+        # one core: one SQL thread (more only contend for the GIL); all cores: Datasette's defaults
+        threads = ["--setting", "num_sql_threads", "1"] if phase.gateways == 1 else []
         ds = subprocess.Popen([*pin, datasette_python(), "-m", "datasette", "serve", str(dst_path),
-                               "-p", str(dport), "--setting", "num_sql_threads", str(phase.gateways)],
+                               "-p", str(dport), *threads],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(ds)
         wait_port(dport)
