@@ -11,7 +11,7 @@ import pytest
 
 from wce.config import ServerConfig
 from wce.core.errors import NotFound
-from wce.gateway.asgi import Gateway, credentials
+from wce.gateway.asgi import Gateway, credentials, read_body
 from wce.gateway.platform import create_platform_app
 
 
@@ -78,3 +78,26 @@ def test_credentials_parsing() -> None:
     assert credentials([(b"cookie", b"a=1; wce_session=tok; b=2")]) == ("tok", "cookie")
     assert credentials([(b"cookie", b"a=1"), (b"authorization", b"Bearer x")]) == ("x", "bearer")
     assert credentials([]) == (None, "cookie")
+
+
+async def test_a_bodiless_http1_request_is_not_awaited_for_a_body() -> None:
+    async def must_not_be_called() -> dict[str, object]:
+        raise AssertionError("receive() awaited for a request without a body")
+
+    for version in ("1.1", "1.0"):
+        scope = {"http_version": version, "headers": [(b"host", b"x")]}
+        assert await read_body(scope, must_not_be_called, 100) == b""
+        scope["headers"].append((b"content-length", b"0"))
+        assert await read_body(scope, must_not_be_called, 100) == b""
+
+    parts: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return parts.pop(0)
+
+    # a body announced by either header, or any HTTP/2 request (a body needs no Content-Length there)
+    for scope in ({"http_version": "1.1", "headers": [(b"content-length", b"3")]},
+                  {"http_version": "1.1", "headers": [(b"transfer-encoding", b"chunked")]},
+                  {"http_version": "2", "headers": []}):
+        parts = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c"}]
+        assert await read_body(scope, receive, 100) == b"abc"

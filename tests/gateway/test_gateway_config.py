@@ -30,3 +30,4 @@ def test_other_response_headers_still_come_from_hypercorn() -> None:
     hc.include_server_header = True
     names = [k for k, _ in hc.response_headers("h11")]
     assert names == [b"date", b"server"]
+

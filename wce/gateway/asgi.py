@@ -54,14 +54,25 @@ class _Disconnected(Exception):
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing (413) as soon as it is known to exceed limit."""
+    """The whole request body, refusing (413) as soon as it is known to exceed limit.
+
+    An HTTP/1 request with neither Content-Length (or a zero one) nor Transfer-Encoding has no
+    body (RFC 9112 §6.3): it is not awaited, which saves a scheduler round trip per GET.
+    """
+    length: int | None = None
+    chunked = False
     for k, v in scope["headers"]:
         if k == b"content-length":
             try:
-                if int(v) > limit:
-                    raise TooLarge(f"request body over {limit} bytes")
+                length = int(v)
             except ValueError:
-                pass
+                length = -1  # let the protocol layer's own reading decide
+            if length > limit:
+                raise TooLarge(f"request body over {limit} bytes")
+        elif k == b"transfer-encoding":
+            chunked = True
+    if not length and not chunked and scope.get("http_version") in ("1.1", "1.0"):
+        return b""
     chunks: list[bytes] = []
     size = 0
     while True:
