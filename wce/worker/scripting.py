@@ -52,8 +52,13 @@ class ScriptHost:
         self._printed = 0
         self.last_error: WceError | None = None
         self.rows = Rows(tenant.conn, tenant.guard, tenant.access, actor, ip)
+        self.begin: str | None = None  # the call's transaction, begun at its first db call (execute)
+        self.began = False
 
     def _guarded(self, fn: Any, *args: Any) -> Any:
+        if not self.began and self.begin is not None:
+            self.tenant.conn.execute(self.begin)
+            self.began = True
         try:
             return fn(*args)
         except WceError as exc:
@@ -138,19 +143,23 @@ def execute(tenant: Tenant, compiled: runtime.Compiled, raw: dict[str, Any], hos
     nested = not conn.getautocommit()  # e.g. a page context rendered while its page is saved
     begin, done, undo = (("SAVEPOINT wce_script", "RELEASE wce_script", "ROLLBACK TO wce_script; RELEASE wce_script")
                          if nested else ("BEGIN", "COMMIT", "ROLLBACK"))
+    # the transaction begins at the script's first db call (ScriptHost._guarded): a script that
+    # never reads or writes costs no BEGIN/COMMIT, and one that does sees one snapshot throughout
+    host.begin, host.began = begin, False
     conn.set_progress_handler(over, PROGRESS_STEPS)
-    conn.execute(begin)
     try:
         value = runtime.call(compiled, raw, host, should_stop)
-        conn.execute(done if commit else undo)
+        if host.began:
+            conn.execute(done if commit else undo)
     except BaseException as exc:
-        if nested or not conn.getautocommit():
+        if host.began and (nested or not conn.getautocommit()):
             conn.execute(undo)
         if isinstance(exc, (MemoryError,)) or type(exc).__name__ == "PanicException":
             tenant.retire_after_reply = True
             raise Unavailable("the script hit the cenv's memory cap") from None
         raise
     finally:
+        host.begin = None
         conn.set_progress_handler(None)
     return value, (time.thread_time() - cpu0) * 1000
 

@@ -12,7 +12,9 @@ stack limit (deep and mutual recursion fail fast, long before the native stack).
 gateway's hard deadline are the backstops.
 
 A script's own lines keep their numbers: a short prelude is appended after the source, defining
-`wce_entry`, which builds `ctx` (a struct) and calls the script's entry point.
+`wce_entry`, which builds `ctx` (a struct) and calls the script's entry point (and, for endpoints
+and page contexts, `wce_entry_packed`, which builds the same ctx from one JSON string: see _pack);
+the few builtins the prelude needs are bound under `wce_` names before the source runs.
 """
 
 from __future__ import annotations
@@ -35,9 +37,21 @@ ENTRY = {"endpoint": "handle_request", "trigger": "on_change", "context": "conte
 
 _CTX = ('struct(method=raw["method"], path=raw["path"], params=raw["params"], query=raw["query"], '
         'headers=raw["headers"], body=raw["body"], json=raw["json"], user=raw["user"], db=wce_db)')
+# The same ctx built from one JSON string (see _pack): converting a dict costs a Python call per
+# value in it, decoding a string costs one call in all.
+_PACKED_CTX = ('struct(method=r[0], path=r[1], params=wce_dict(r[2]), query=wce_dict(r[3]), '
+               'headers=wce_dict(r[4]), body=r[5], json=body_json, user=None if r[6] == None else '
+               '{"id": r[6][0], "username": r[6][1], "role": r[6][2]}, db=wce_db)')
+_PACKED = ("\ndef wce_dict(flat):\n"
+           "    return {flat[i]: flat[i + 1] for i in wce_range(0, wce_len(flat), 2)}\n"
+           "\ndef wce_entry_packed(packed, body_json=None):\n"
+           "    r = wce_json_decode(packed)\n"
+           "    return %s(" + _PACKED_CTX + ")\n")
+# bound before the script's own top level, which may reuse these names
+_BEFORE = "wce_json_decode = json.decode\nwce_range = range\nwce_len = len\n"
 PRELUDE = {
-    "endpoint": f"\ndef wce_entry(raw):\n    return handle_request({_CTX})\n",
-    "context": f"\ndef wce_entry(raw):\n    return context({_CTX})\n",
+    "endpoint": f"\ndef wce_entry(raw):\n    return handle_request({_CTX})\n" + _PACKED % "handle_request",
+    "context": f"\ndef wce_entry(raw):\n    return context({_CTX})\n" + _PACKED % "context",
     "trigger": '\ndef wce_entry(raw):\n    return on_change(struct(changes=raw["changes"], tables=raw["tables"], db=wce_db))\n',
 }
 DB_STRUCT = ("\nwce_db = struct(query=wce_db_query, get=wce_db_get, insert=wce_db_insert, "
@@ -164,6 +178,7 @@ def compile_script(source: str, kind: str, filename: str = "script.star") -> Com
     for name, fn in BUILTINS.items():
         module.add_callable(name, fn)
     try:
+        sl.eval(module, sl.parse(filename + ":before", _BEFORE, _dialect()), _GLOBALS)
         sl.eval(module, ast, _GLOBALS)
     except sl.StarlarkError as exc:
         raise ScriptSyntaxError(*describe(exc)) from None
@@ -205,7 +220,12 @@ def call(compiled: Compiled, raw: dict[str, Any], host: Host, should_stop: Calla
     _host = host
     try:
         opts = sl.EvalOptions(check_cancelled=should_stop, max_callstack_size=MAX_CALLSTACK)
-        return compiled.module.call_with(opts, "wce_entry", raw).value
+        packed = _pack(raw) if compiled.kind != "trigger" else None
+        if packed is None:
+            return compiled.module.call_with(opts, "wce_entry", raw).value
+        body_json = raw["json"]
+        args = (packed,) if body_json is None else (packed, body_json)  # None crosses by default
+        return compiled.module.call_with(opts, "wce_entry_packed", *args).value
     except WceError:
         raise
     except sl.StarlarkError as exc:
@@ -215,6 +235,34 @@ def call(compiled: Compiled, raw: dict[str, Any], host: Host, should_stop: Calla
         raise ScriptFailed(*describe(exc)) from None
     finally:
         _host = None
+
+
+def _pack(raw: dict[str, Any]) -> str | None:
+    """A request's ctx but its `json` as one JSON string for `wce_entry_packed`, or None to pass
+    the dict itself.
+
+    Same values, same dicts in the same order: every value here is a string (or the user's id),
+    and the binding converts each string of a dict by way of `json.dumps` and the same JSON
+    decoder as Starlark's `json.decode`. A string needing a \\u surrogate escape (a character
+    beyond the BMP, or a lone surrogate, which the decoder refuses) keeps the dict path, so
+    that it fails, if at all, as before. `json` (a parsed body: any numbers) is always passed
+    as it is.
+    """
+    user = raw["user"]
+    try:
+        packed = json.dumps([raw["method"], raw["path"], _flat(raw["params"]), _flat(raw["query"]),
+                             _flat(raw["headers"]), raw["body"],
+                             None if user is None else [user["id"], user["username"], user["role"]]])
+    except (TypeError, ValueError):
+        return None
+    return None if "\\ud" in packed else packed
+
+
+def _flat(d: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in d.items():
+        out += (k, v)
+    return out
 
 
 def _host_error(host: Host) -> WceError | None:
