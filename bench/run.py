@@ -1,13 +1,14 @@
 """WCE benchmarks, as ratios within one run on this machine: `make bench` (python bench/run.py).
 
-    python bench/run.py [--seconds 4] [--rounds 3] [--phases one,all]
+    python bench/run.py [--seconds 4] [--rounds 5] [--phases one,all]
 
 Two phases, each starting every server afresh on the same CPUs with the same data:
   * one core: the servers on the first CPU (WCE with one gateway process, hypercorn -w 1), wrk on
     the last one;
   * all cores: the servers on every CPU (WCE with a gateway per core, hypercorn -w cores, Datasette
     and PocketBase with their defaults), wrk beside them on every CPU.
-In each, medians of `rounds` runs of `seconds` (keep-alive, 32 connections), rotating through:
+In each, medians of `rounds` runs of `seconds` (keep-alive, 32 connections), rotating through the
+targets below; a ratio is the median of the per-round ratios:
   * the cached public page (gateway fast path) and its 304;
   * the data API as a user with a grant: get one row by primary key and list 50 rows, on a table
     with the row policy `owner = :user_id` and one without (same rows visible);
@@ -350,7 +351,10 @@ def table(phases: dict[str, dict[str, Any]]) -> str:
         cells = []
         for n in names:
             t, r = phases[n][target], phases[n][ref]
-            cells.append(f"{t['rps']:,} | {t['cpu_us_per_req']} | {t['rps'] / r['rps']:.2f}")
+            # the median of each round's ratio: a round measures both within a minute, so a slow
+            # spell of the machine moves both
+            ratio = statistics.median(a / b for a, b in zip(t["rounds_rps"], r["rounds_rps"], strict=True))
+            cells.append(f"{t['rps']:,} | {t['cpu_us_per_req']} | {ratio:.2f}")
         out.append(f"| {target} | {ref} | " + " | ".join(cells) + f" | {floor or ''} |")
     for ref in ("pocketbase_record_get", "datasette_get", "datasette_list50"):
         out.append(f"| {ref} | | " + " | ".join(f"{phases[n][ref]['rps']:,} | {phases[n][ref]['cpu_us_per_req']} | "
@@ -365,7 +369,7 @@ def table(phases: dict[str, dict[str, Any]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--cold", type=int, default=20, help="cenvs for the cold-start figure")
     ap.add_argument("--phases", default="one,all", help="one (server on CPU 0, wrk on CPU 1), all (both on every CPU)")
     args = ap.parse_args()
