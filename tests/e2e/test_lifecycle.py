@@ -227,6 +227,14 @@ async def test_killed_fork_server_is_replaced_and_cenvs_keep_serving(tmp_path: P
                     pass
                 await trio.sleep(0.05)
             assert srv.forkserver != old
+
+            def blocked() -> str:
+                status = Path(f"/proc/{srv.forkserver}/status").read_text().splitlines()
+                return next(line for line in status if line.startswith("SigBlk:")).split()[1]
+
+            while blocked() != "0" * 16 and time.monotonic() < deadline:  # once started, it unblocks
+                await trio.sleep(0.05)
+            assert blocked() == "0" * 16  # it can be told to stop, and reaps its workers
             statuses = []
             while time.monotonic() < deadline:  # requests in flight at the kill may get 503
                 r = await client.get(f"/{cenv}/auth/me", headers=bearer(token))

@@ -249,6 +249,8 @@ def _import(config: ServerConfig, listener: socket.socket, conn: socket.socket, 
 def serve(listen_fd: int, config: ServerConfig) -> None:
     """Accept requests until SIGTERM (or the gateway's death), then stop every child."""
     listener = socket.socket(fileno=listen_fd)
+    # a restart by the master (which waits with its signals blocked) must not leave them blocked here
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, _reap)
     signal.signal(signal.SIGTERM, _stop)
