@@ -32,6 +32,22 @@ async def client(two: Server) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+def one_connection_per_gateway(srv: Server, path: str) -> dict[int, RawClient]:
+    """A keep-alive connection to each gateway process, by its pid (opened until each has one)."""
+    conns: dict[int, RawClient] = {}
+    for _ in range(60):
+        raw = RawClient(srv.url)
+        assert raw.request("GET", path)[0] in (200, 404)
+        pid = gateway_of(srv, raw)
+        if pid is not None and pid not in conns:
+            conns[pid] = raw
+        else:
+            raw.close()
+        if len(conns) == len(srv.gateways()):
+            return conns
+    raise AssertionError("could not reach every gateway")
+
+
 async def test_concurrent_first_requests_through_both_gateways_start_one_worker(two: Server,
                                                                                 client: httpx.AsyncClient) -> None:
     cenv = await new_cenv(client)
@@ -144,18 +160,7 @@ async def test_a_write_answered_by_one_gateway_is_read_back_through_the_other(tw
         "path": "/last", "template": "{{#rows}}{{v}}{{/rows}}", "queries": {"rows": "SELECT v FROM t ORDER BY id DESC LIMIT 1"}})
     assert r.status_code == 201, r.text
     await link_every_gateway(two, c.id)
-    conns: dict[int, RawClient] = {}
-    for _ in range(40):  # one connection on each gateway
-        raw = RawClient(two.url)
-        assert raw.request("GET", c.url("/last"))[0] == 200
-        pid = gateway_of(two, raw)
-        if pid is not None and pid not in conns:
-            conns[pid] = raw
-        else:
-            raw.close()
-        if len(conns) == 2:
-            break
-    assert len(conns) == 2
+    conns = one_connection_per_gateway(two, c.url("/last"))
     (_, writer), (reading_gateway, reader) = conns.items()
 
     def write(i: int) -> None:
@@ -179,3 +184,29 @@ async def test_a_write_answered_by_one_gateway_is_read_back_through_the_other(tw
     finally:
         for raw in conns.values():
             raw.close()
+
+
+
+async def test_worker_cap_holds_server_wide(tmp_path: Path) -> None:
+    """Each gateway evicts its own least recently used; the fork server caps the sum."""
+    srv = start_server(tmp_path, "--workers", "2", "--max-workers", "2")
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            cenvs = [await new_cenv(client) for _ in range(4)]
+        a, b = one_connection_per_gateway(srv, "/").values()
+        try:
+            for conn, mine in ((a, cenvs[:2]), (b, cenvs[2:])):  # no gateway alone is over the cap
+                for cenv in mine:
+                    assert conn.request("GET", f"/{cenv}/")[0] == 200
+            deadline = time.monotonic() + 15
+            while len(srv.workers()) > 2 and time.monotonic() < deadline:
+                await trio.sleep(0.05)
+            assert len(srv.workers()) == 2
+            for conn, mine in ((a, cenvs[:2]), (b, cenvs[2:])):  # all still served
+                for cenv in mine:
+                    assert conn.request("GET", f"/{cenv}/")[0] == 200
+        finally:
+            a.close()
+            b.close()
+    finally:
+        assert srv.stop() == 0

@@ -56,6 +56,7 @@ from wce.worker import server  # noqa: E402
 
 _children: set[int] = set()
 _workers: dict[str, tuple[int, int]] = {}  # cenv -> (pid, inode of its socket name) of its newest worker
+_asked_to_close: set[int] = set()  # workers sent SIGTERM by the cap, until reaped
 
 
 class _Stop(Exception):
@@ -75,6 +76,7 @@ def _reap(signum: int, frame_: Any) -> None:
 
 def _forget(pid: int) -> None:
     _children.discard(pid)
+    _asked_to_close.discard(pid)
     for cenv_id, (wpid, _) in list(_workers.items()):
         if wpid == pid:
             del _workers[cenv_id]
@@ -168,8 +170,23 @@ def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, m
     finally:
         lst.close()
     _children.add(pid)
+    _workers.pop(cenv_id, None)  # to the end: the dict is in start order
     _workers[cenv_id] = (pid, ino)
     _reply(conn, {"ok": True, "pid": pid, "new": True})
+    _cap_workers(config.max_workers)
+
+
+def _cap_workers(limit: int) -> None:
+    """The server-wide worker cap, behind each gateway's own least-recently-used eviction (each
+    gateway only sees the cenvs it serves): past it, the longest-running workers are asked to close
+    (SIGTERM: they answer what they have, tell every gateway, and exit)."""
+    live = [pid for pid, _ in _workers.values() if pid not in _asked_to_close]
+    for pid in live[: max(0, len(live) - limit)]:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            _asked_to_close.add(pid)
+        except ProcessLookupError:
+            pass
 
 
 def _admit(admissions: SlidingWindow, conn: socket.socket, msg: dict[str, Any]) -> None:
