@@ -3,6 +3,7 @@ connection and keeps serving everyone else."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 
@@ -53,3 +54,31 @@ async def test_version_mismatch_and_garbage(client: httpx.AsyncClient, server: S
     assert isinstance(proto.decode(proto.FrameDecoder().feed(good)[0]), proto.Hello)
     # and the worker still serves HTTP
     assert (await client.get(f"/{cenv}/")).status_code == 200
+
+
+
+def worker_of(server: Server, cenv: str) -> int:
+    """The pid of the worker that has the cenv's file open."""
+    name = f"{cenv}.sqlite"
+    for pid in server.workers():
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd")):
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"no worker has {name} open")
+
+
+async def test_a_peer_that_greets_and_leaves_does_not_take_the_worker_down(client: httpx.AsyncClient,
+                                                                           server: Server) -> None:
+    """It used to: the worker's first notice to a peer already gone raised out of the connection's
+    task and ended the worker (found as a 15% flake of the test above)."""
+    cenv = await new_cenv(client)
+    assert (await client.get(f"/{cenv}/")).status_code == 200
+    pid = worker_of(server, cenv)
+    path = worker_socket(server, cenv)
+    hello = proto.frame(proto.encode(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {})))
+    for _ in range(30):
+        talk(path, hello)  # reads the worker's Hello, then hangs up
+    assert (await client.get(f"/{cenv}/")).status_code == 200
+    assert worker_of(server, cenv) == pid  # the same worker, not a replacement

@@ -157,11 +157,12 @@ class Worker:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ch.run_writer)  # writes all the answers of a scheduler batch at once
-                await self.push_pages()  # bring the other gateways up to date first
-                await ch.send_soon(self._pages_notice(self._public_pages(), [], reset=True))
-                if self.closing:
-                    await ch.send_soon(proto.Closing(self.closing))
                 try:
+                    # a peer may leave at any moment, even before these: that ends its connection only
+                    await self.push_pages()  # bring the other gateways up to date first
+                    await ch.send_soon(self._pages_notice(self._public_pages(), [], reset=True))
+                    if self.closing:
+                        await ch.send_soon(proto.Closing(self.closing))
                     async for msg in ch:
                         if isinstance(msg, proto.Request):
                             scope = scopes[msg.id] = trio.CancelScope()
@@ -171,7 +172,7 @@ class Worker:
                                 s.cancel()
                         elif isinstance(msg, proto.Shutdown):
                             await self.begin_closing("shutdown")
-                except (proto.ProtocolError, proto.BrokenChannel) as exc:
+                except (proto.ProtocolError, proto.BrokenChannel, trio.ClosedResourceError) as exc:
                     print(f"wce worker {self.tenant.cenv_id}: dropping connection: {exc}", file=sys.stderr)
                 nursery.cancel_scope.cancel()  # the gateway is gone: nobody wants these answers
         finally:
