@@ -241,3 +241,22 @@ def test_the_domain_side_stays_sync_and_http_free(module: str) -> None:
     code = f"import sys, {module}; print(','.join(m for m in ('trio', 'quart', 'hypercorn', 'wce.worker', 'wce.gateway', 'wce.proto') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+
+def test_version_follows_own_commits_at_once_and_others_once_per_flush(
+        conn: apsw.Connection, seen: tuple[EventBus, list[ChangeSet]]) -> None:
+    bus, _ = seen
+    v0 = bus.version("notes")
+    conn.execute("INSERT INTO other (x) VALUES (1)")
+    assert bus.version("notes") == v0  # another table
+    conn.execute("INSERT INTO notes (body) VALUES ('a')")
+    v1 = bus.version("notes")
+    assert v1 != v0  # at COMMIT, before any flush
+    bus.flush()
+    v2 = bus.version("notes")
+    other = db.connect(conn.filename)
+    other.execute("INSERT INTO other (x) VALUES (2)")
+    assert bus.version("notes") == v2  # PRAGMA data_version is read once between two flushes
+    bus.flush()  # the end of a request
+    assert bus.version("notes") != v2  # another connection committed: anything may have changed

@@ -38,15 +38,19 @@ def save(conn: Any, version: int, script_id: int | None = None, path: str = "/v"
 
 
 def call(t: Tenant, path: str = "/v") -> Any:
-    """What GET /fn{path} answers, as dispatch finds and runs it (None: no endpoint there)."""
-    found, _, _ = t.scripts.endpoint("GET", path)
-    if found is None:
-        return None
-    _, compiled = found
-    raw = {"method": "GET", "path": path, "params": {}, "query": {}, "headers": {}, "body": "", "json": None,
-           "user": None}
-    value, _ = scripting.execute(t, compiled, raw, scripting.ScriptHost(t, Actor.anon(), None, "test"))
-    return value
+    """What GET /fn{path} answers, as dispatch finds and runs it (None: no endpoint there); like
+    the worker's request, it ends with a flush of the bus."""
+    try:
+        found, _, _ = t.scripts.endpoint("GET", path)
+        if found is None:
+            return None
+        _, compiled = found
+        raw = {"method": "GET", "path": path, "params": {}, "query": {}, "headers": {}, "body": "", "json": None,
+               "user": None}
+        value, _ = scripting.execute(t, compiled, raw, scripting.ScriptHost(t, Actor.anon(), None, "test"))
+        return value
+    finally:
+        t.bus.flush()
 
 
 @pytest.fixture

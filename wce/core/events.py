@@ -144,6 +144,7 @@ class EventBus:
         self._checkpoints = 0
         self._commits = 0  # counted by the WAL hook, at commit time (not at publication)
         self._last_write: dict[str, int] = {}  # table -> number of the last commit that wrote it
+        self._data_version: int | None = None  # PRAGMA data_version, until the next flush
         self._schema_version = int(conn.pragma("schema_version"))
         self._without_rowid: dict[str, bool] = {}
         conn.preupdate_hook(self._on_preupdate, id=self)
@@ -242,6 +243,7 @@ class EventBus:
                         self.on_error(exc)
         finally:
             self._flushing = False
+            self._data_version = None  # the next request reads it afresh
         return published
 
     def _build(self, tables: frozenset[str], rows: list[tuple[str, str, int, Any]], bulk: bool) -> ChangeSet:
@@ -265,11 +267,15 @@ class EventBus:
             known = self._without_rowid[table] = bool(row and row[0])
         return known
 
-    def last_write(self, table: str) -> int:
-        """The number of the last commit of this connection that wrote `table` (0 if none), known as
-        soon as COMMIT returns, before the change set is published: a cache of the table's contents
-        compares it to tell whether it is still current."""
-        return self._last_write.get(table, 0)
+    def version(self, *tables: str) -> tuple[int, ...]:
+        """A stamp that changes whenever any of `tables` may have changed, for a cache of their
+        contents to compare: this connection's commits that wrote them (counted by the WAL hook, so
+        known as soon as COMMIT returns, before publication) and any commit of another connection
+        (`PRAGMA data_version`, read at most once between two flushes: once per request, since
+        the worker flushes after each)."""
+        if self._data_version is None:
+            self._data_version = int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        return (self._data_version, *(self._last_write.get(t, 0) for t in tables))
 
     @property
     def published(self) -> int:

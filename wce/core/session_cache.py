@@ -7,7 +7,8 @@ An entry answers only while nothing that could change its answer has happened si
   a user disabled or deleted): the event bus counts those in its WAL hook when COMMIT returns, so
   even a request running alongside the one that committed sees it, not only the next flush;
 * another connection committed anything (`wce users passwd` writes the file directly):
-  `PRAGMA data_version` changes;
+  `PRAGMA data_version` changes (read once per request);
+(both through `EventBus.version`, which the script registry uses the same way);
 * the session expired: its expiry is kept with the entry and checked against the clock.
 
 On any such change the whole cache is dropped (those writes are rare); a revoked session is
@@ -32,16 +33,15 @@ class SessionCache:
 
     def __init__(self, conn: apsw.Connection, bus: EventBus, max_entries: int = MAX_ENTRIES) -> None:
         self._conn = conn
-        self._bus = bus
+        self.bus = bus
         self._max = max_entries
         self._entries: dict[tuple[int, str], tuple[User, float]] = {}
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
 
     def resolve(self, user_id: int, session_id: str) -> User | None:
         """The user behind a live session, or None if it is revoked, expired, or the user is gone
         or disabled."""
-        stamp = (self._conn.execute("PRAGMA data_version").fetchone()[0],
-                 self._bus.last_write(_WATCHED[0]), self._bus.last_write(_WATCHED[1]))
+        stamp = self.bus.version(*_WATCHED)
         if stamp != self._stamp:
             self._entries.clear()
             self._stamp = stamp

@@ -259,10 +259,9 @@ def public_error(exc: WceError, is_admin: bool) -> WceError:
 class ScriptRegistry:
     """Compiled scripts and the endpoint routing table of one cenv, rebuilt when scripts change.
 
-    A stored script is read and compiled once, then served from memory while its version holds:
-    the version is this connection's count of commits that wrote `_wce_scripts` (the event bus
-    counts them in its WAL hook, when COMMIT returns) and `PRAGMA data_version` (which changes
-    when another connection commits anything). Any change drops the routing table and every
+    A stored script is read and compiled once, then served from memory while
+    `EventBus.version("_wce_scripts")` holds (this connection's commits to the table, any other
+    connection's commit). Any change drops the routing table and every
     script's stored row; a script whose source did not change keeps its compiled module. So a
     script saved is what the very next request runs, from whichever connection it was saved.
     """
@@ -273,7 +272,7 @@ class ScriptRegistry:
         self._scripts: dict[int, tuple[dict[str, Any], runtime.Compiled]] = {}  # valid for _stamp
         self._modules: dict[int, tuple[str, str, runtime.Compiled]] = {}  # id -> (kind, source, compiled)
         self._router: EndpointRouter | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._reads: dict[tuple[int, str], frozenset[str]] = {}
 
     def invalidate(self) -> None:
@@ -284,8 +283,7 @@ class ScriptRegistry:
 
     def _refresh(self) -> None:
         """Drop what a write to `_wce_scripts` (by this connection or another) may have changed."""
-        conn = self.tenant.conn
-        stamp = (conn.execute("PRAGMA data_version").fetchone()[0], self.tenant.bus.last_write("_wce_scripts"))
+        stamp = self.tenant.bus.version("_wce_scripts")
         if stamp != self._stamp:
             self.invalidate()
             self._stamp = stamp
