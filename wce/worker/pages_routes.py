@@ -60,7 +60,8 @@ def _spec(call: Call) -> pages.PageSpec:
 
 
 async def create_page(call: Call) -> Reply:
-    """Create a page; it is rendered before the answer (see `render_error`)."""
+    """Create a page; it is rendered before the answer (see `render_error`). (Other writes here
+    are published by the flush after every request, wce.worker.app.handle.)"""
     admin = _admin(call)
     t = call.tenant
     page = pages.create_page(t.conn, _spec(call), actor=admin.username, ip=call.client)
@@ -91,7 +92,6 @@ async def delete_page(call: Call) -> Reply:
     admin = _admin(call)
     t = call.tenant
     pages.delete_page(t.conn, _page_id(call), actor=admin.username, ip=call.client)
-    t.bus.flush()
     return Reply(204, [("cache-control", "no-store")])
 
 
@@ -115,7 +115,6 @@ async def put_template(call: Call) -> Reply:
     t = call.tenant
     tpl, created = pages_library.put_template(t.conn, call.params["name"], call.json_object(),
                                               actor=admin.username, ip=call.client)
-    t.bus.flush()
     return json_reply(tpl.public(), status=201 if created else 200)
 
 
@@ -124,7 +123,6 @@ async def delete_template(call: Call) -> Reply:
     admin = _admin(call)
     t = call.tenant
     pages_library.delete_template(t.conn, call.params["name"], actor=admin.username, ip=call.client)
-    t.bus.flush()
     return Reply(204, [("cache-control", "no-store")])
 
 
@@ -148,7 +146,6 @@ async def put_value(call: Call) -> Reply:
     t = call.tenant
     value, created = pages_library.put_value(t.conn, call.params["key"], call.json_object(),
                                              actor=admin.username, ip=call.client)
-    t.bus.flush()
     return json_reply(value.public(), status=201 if created else 200)
 
 
@@ -157,7 +154,6 @@ async def delete_value(call: Call) -> Reply:
     admin = _admin(call)
     t = call.tenant
     pages_library.delete_value(t.conn, call.params["key"], actor=admin.username, ip=call.client)
-    t.bus.flush()
     return Reply(204, [("cache-control", "no-store")])
 
 
