@@ -31,6 +31,9 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the bench package
+from bench.common import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "/bench-notes"
 TABLE = "bench_notes"
@@ -109,16 +112,6 @@ def run(base_url: str, cenv: str, admin_token: str, seconds: int, writes: int = 
     return result
 
 
-def _free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=5)
@@ -127,7 +120,7 @@ def main() -> None:
     if not shutil.which("wrk") or not shutil.which("taskset"):
         sys.exit("bench: wrk and taskset are needed (Debian: apt-get install wrk util-linux)")
     tmp = Path(tempfile.mkdtemp(prefix="wce-pages-bench-"))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "wce", "--data", str(tmp / "data"), "serve",
                              "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -45,15 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/ first; the bench package is at ROOT
 
-
-def free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from bench.common import free_port, wait_port  # noqa: E402
 
 
 def tree_cpu(pid: int) -> float:
@@ -80,17 +72,6 @@ def tree_cpu(pid: int) -> float:
                 except OSError:
                     pass
     return total
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def wrk(url: str, seconds: int, headers: dict[str, str], cpus: str = "1", threads: int = 1) -> float:

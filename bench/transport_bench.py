@@ -19,40 +19,21 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the bench package
+from bench.common import free_port, wait_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 TRANSPORTS = ("stock", "lean")
-
-
-def _free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def _cpu_seconds(pid: int) -> float:
     """user+sys of one process (the servers here have no children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def _wrk(port: int, seconds: int) -> float:
@@ -75,12 +56,12 @@ def run(seconds: int = 5, rounds: int = 3) -> dict[str, float]:
     ports: dict[str, int] = {}
     try:
         for name in TRANSPORTS:
-            ports[name] = _free_port()
+            ports[name] = free_port()
             procs[name] = subprocess.Popen(
                 ["taskset", "-c", "0", sys.executable, "-m", "bench.transport_bench", "--serve", name, str(ports[name])],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name in TRANSPORTS:
-            _wait_port(ports[name])
+            wait_port(ports[name])
             _wrk(ports[name], 2)  # warm up
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in TRANSPORTS}
         for i in range(rounds):
