@@ -30,11 +30,11 @@ SPEC_MODULES = (
 
 
 def spec_dir() -> Path:
-    """The spec checkout beside the repo (X/../shared), or $WCE_MUSTACHE_SPEC."""
+    """The spec suites copied into this repository (tests/core/mustache_spec), or $WCE_MUSTACHE_SPEC."""
     override = os.environ.get("WCE_MUSTACHE_SPEC")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "spec" / "mustache"
+    return Path(__file__).resolve().parent / "mustache_spec"
 
 
 def spec_cases() -> list[Any]:
