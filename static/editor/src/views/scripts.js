@@ -5,6 +5,16 @@ import { h, select, when } from "../dom.js";
 import { button, confirmDialog, empty, formDialog, toast, toolbar } from "../ui.js";
 import { jsonErrorAt } from "./templates.js";
 
+// A refused save: a compile error (422 with a position) is marked at its line in the source,
+// anything else shown in the form; false, for the save command.
+function notSaved(e, doc, formError) {
+  const pos = e.status === 422 ? position(e.message) : null;
+  if (pos) doc.error("source", pos.line, pos.column, e.message);
+  else formError.textContent = e.message;
+  toast(`Not saved: ${e.message}`, "error");
+  return false;
+}
+
 const METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 const ACCESS = [["public", "public: anyone"], ["user", "user: signed-in users"], ["admin", "admin: admins only"]];
 const ENDPOINT_STARTER = `def handle_request(ctx):
@@ -95,11 +105,7 @@ export async function endpointEditor(ctx, { id }) {
     try {
       ep = await put(`/api/endpoints/${seg(id)}`, { method: method.value, path: path.value.trim(), access: access.value, source: doc.value("source"), spec });
     } catch (e) {
-      const pos = e.status === 422 ? position(e.message) : null;
-      if (pos) doc.error("source", pos.line, pos.column, e.message);
-      else formError.textContent = e.message;
-      toast(`Not saved: ${e.message}`, "error");
-      return false;
+      return notSaved(e, doc, formError);
     }
     doc.markSaved();
     ctx.changed();
@@ -221,11 +227,7 @@ export async function triggerEditor(ctx, { id }) {
     try {
       tr = await put(`/api/triggers/${seg(id)}`, { name: name.value.trim(), tables: tableList(tables.value), source: doc.value("source") });
     } catch (e) {
-      const pos = e.status === 422 ? position(e.message) : null;
-      if (pos) doc.error("source", pos.line, pos.column, e.message);
-      else formError.textContent = e.message;
-      toast(`Not saved: ${e.message}`, "error");
-      return false;
+      return notSaved(e, doc, formError);
     }
     doc.markSaved();
     ctx.changed();
