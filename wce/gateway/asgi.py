@@ -273,9 +273,8 @@ class Gateway:
                 try:
                     with trio.move_on_after(self.config.hard_deadline) as deadline:
                         first = await exchange.first()
-                except NotSent:  # the worker died before our request was written to it
-                    self.supervisor.connection_lost(worker)
-                    if attempt == 1:
+                except NotSent:  # the worker died before our request was written to it (the reader,
+                    if attempt == 1:  # which saw the connection end, has told the supervisor)
                         continue
                     raise
                 if deadline.cancelled_caught:
