@@ -33,6 +33,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-db-mb", type=int, default=env_default("max_db_mb", d.max_db_mb), help="default database size cap")
     p.add_argument("--max-import-mb", type=int, default=env_default("max_import_mb", d.max_import_mb),
                    help="size limit of a file uploaded to POST /import (WCE_MAX_IMPORT_MB)")
+    p.add_argument("--cenv-domain", default=env_default("cenv_domain", d.cenv_domain),
+                   help="serve cenv X at X.DOMAIN, its own browser origin (WCE_CENV_DOMAIN); unset: /X/ paths")
+    p.add_argument("--forwarded-allow-ips", default=env_default("forwarded_allow_ips", d.forwarded_allow_ips),
+                   help="comma-separated proxy addresses or CIDRs (or *) whose X-Forwarded-For/-Proto are "
+                        "trusted (WCE_FORWARDED_ALLOW_IPS); unset: none")
     p.add_argument("--access-log", default=env_default("access_log", d.access_log),
                    help="one JSON line per request: '-' for stderr, 'off', or a file (WCE_ACCESS_LOG)")
 

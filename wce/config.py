@@ -36,6 +36,10 @@ class ServerConfig:
     max_import_mb: int = 64  # POST /import has its own, larger body limit
     access_log: str = "-"  # one JSON line per request: "-" stderr, "off", or a file path
     metrics_token: str = field(default="", repr=False)  # /metrics is 404 unless set; never sent to children
+    # subdomain mode: cenv X at X.{cenv_domain}, its own browser origin; "" is path mode (/X/)
+    cenv_domain: str = ""
+    # peers whose X-Forwarded-For/-Proto (or Forwarded) are believed: "" none, "*" all, else IPs/CIDRs
+    forwarded_allow_ips: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -74,7 +78,7 @@ ENV = {
     "hard_deadline": "WCE_HARD_DEADLINE", "memory_mb": "WCE_MEMORY_MB",
     "cpu_ms_per_request": "WCE_CPU_MS_PER_REQUEST", "max_db_mb": "WCE_MAX_DB_MB",
     "max_import_mb": "WCE_MAX_IMPORT_MB", "access_log": "WCE_ACCESS_LOG", "metrics_token": "WCE_METRICS_TOKEN",
-    "gateways": "WCE_WORKERS",
+    "gateways": "WCE_WORKERS", "cenv_domain": "WCE_CENV_DOMAIN", "forwarded_allow_ips": "WCE_FORWARDED_ALLOW_IPS",
 }
 SECRET_FIELDS = frozenset({"metrics_token"})
 
