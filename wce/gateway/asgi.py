@@ -21,6 +21,7 @@ from wce.responses import SESSION_COOKIE, error_parts, etag_matches
 
 from .client import NotSent, WorkerGone
 from .editor import ASSETS, Editor, check_csrf
+from .forwarded import trusted_proxies
 from .logs import RequestLog, cenv_route, platform_route
 from .metrics import PAGE_CACHE_HEADER, Metrics
 from .platform import ImportRoute, MetricsRoute
@@ -149,6 +150,7 @@ class Gateway:
         self.platform = platform
         self.metrics = metrics or Metrics()
         self.log = log or RequestLog(config.access_log)
+        self.proxies = trusted_proxies(config.forwarded_allow_ips)  # None: off (wce.gateway.forwarded)
         self.importer = ImportRoute(config, supervisor, self.metrics)
         self.metrics_route = MetricsRoute(config, supervisor, self.metrics)
         self.editor = Editor(supervisor)  # /{cenv}/_/ and /_/assets/ (wce.gateway.editor)
@@ -166,6 +168,8 @@ class Gateway:
         if scope["type"] != "http":
             await self.platform(scope, receive, send)
             return
+        if self.proxies is not None:  # a trusted proxy's client address and scheme, for everything below
+            self.proxies.rewrite(scope)
         t0 = perf_counter()
         out = _Outcome(send)
         path: str = scope["path"]

@@ -25,6 +25,7 @@ from wce.config import ServerConfig
 
 from .asgi import Gateway
 from .forkserver import ForkServer
+from .forwarded import trusted_proxies
 from .master import Master, gateway_count, listening_sockets
 from .metrics import MetricsFiles
 from .platform import create_platform_app
@@ -129,6 +130,10 @@ def lock_data_dir(config: ServerConfig) -> int:
 
 def run(config: ServerConfig) -> None:
     """Run the server in the foreground until SIGTERM or SIGINT."""
+    try:
+        trusted_proxies(config.forwarded_allow_ips)  # checked before anything starts
+    except ValueError as exc:
+        sys.exit(f"wce: {exc}")
     lock = lock_data_dir(config)
     n = gateway_count(config)
     sockets = listening_sockets(config, n) if n > 1 else []
