@@ -225,8 +225,11 @@ def cmd_delete(data: Path, args: argparse.Namespace) -> int:
 def stop_worker(run_dir: Path, cenv: str, timeout: float = STOP_TIMEOUT) -> bool:
     """Ask the cenv's live worker, if any, to finish what is in flight and exit; wait for it.
 
-    Speaks the worker's own protocol on its socket, as a gateway would: Hello, then Shutdown. The
-    worker tells every gateway it is closing, so they send it nothing new. True if one was stopped.
+    Speaks the worker's own protocol on its socket, as a gateway would: Hello, then Shutdown, then
+    reads until the worker answers Closing. Hanging up sooner can lose the Shutdown: the worker's
+    first write to us (the pages it pushes to every new connection) then fails, and it drops the
+    connection unread. The worker tells every gateway it is closing, so they send it nothing new.
+    True if one was stopped.
     """
     from . import proto
 
@@ -238,11 +241,14 @@ def stop_worker(run_dir: Path, cenv: str, timeout: float = STOP_TIMEOUT) -> bool
     try:
         sock.connect(str(path))
         sock.sendall(proto.frame(proto.encode(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {"client": "wce-admin"}))))
-        hello = _receive(sock)
+        reader = _Reader(sock)
+        hello = reader.receive()
         if not isinstance(hello, proto.Hello):
             return False
         pid = int(hello.info.get("pid", 0))
         sock.sendall(proto.frame(proto.encode(proto.Shutdown())))
+        while not isinstance(reader.receive(), proto.Closing):
+            pass
     except (OSError, proto.ProtocolError):
         return False
     finally:
@@ -253,17 +259,26 @@ def stop_worker(run_dir: Path, cenv: str, timeout: float = STOP_TIMEOUT) -> bool
     return True
 
 
-def _receive(sock: socket.socket) -> Any:
-    from . import proto
+class _Reader:
+    """Messages from a worker's socket, one at a time (a read may bring several frames)."""
 
-    decoder = proto.FrameDecoder()
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise OSError("the worker closed the connection")
-        frames = decoder.feed(chunk)
-        if frames:
-            return proto.decode(frames[0])
+    def __init__(self, sock: socket.socket) -> None:
+        from . import proto
+
+        self.sock = sock
+        self.decoder = proto.FrameDecoder()
+        self.frames: list[bytes] = []
+
+    def receive(self) -> Any:
+        """The next message; OSError once the worker has closed the connection."""
+        from . import proto
+
+        while not self.frames:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("the worker closed the connection")
+            self.frames = self.decoder.feed(chunk)
+        return proto.decode(self.frames.pop(0))
 
 
 def _alive(pid: int) -> bool:
