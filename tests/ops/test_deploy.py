@@ -105,6 +105,96 @@ include {DEPLOY / "nginx-cluster.conf"}; }}
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.skipif(shutil.which("nginx") is None or shutil.which("openssl") is None,
+                    reason="nginx or openssl is not installed (make test-cluster installs nginx)")
+def test_nginx_examples_of_the_guide_parse(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=wce.example.net",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    examples = {k: v for k, v in shipped_nginx_configs().items() if k.startswith("README.md")}
+    assert examples
+    for name, text in examples.items():
+        site = tmp_path / "site.conf"
+        site.write_text(re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};",
+                               re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", text)))
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(f"""pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;
+events {{}}
+http {{ access_log off; client_body_temp_path {tmp_path}; proxy_temp_path {tmp_path}; include {site}; }}
+""")
+        r = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (name, r.stderr)
+
+
+FORWARDED_HEADERS = {("host", "$host"), ("x-forwarded-for", "$proxy_add_x_forwarded_for"), ("x-forwarded-proto", "$scheme")}
+NGINX_TOKEN = re.compile(r"#[^\n]*|\"[^\"]*\"|'[^']*'|[{};]|[^\s{};]+")
+
+
+def nginx_proxies(text: str) -> list[tuple[list[str], set[tuple[str, str]]]]:
+    """Every block of an nginx configuration that has `proxy_pass`: (its header, the headers it
+    sets for the upstream). nginx inherits `proxy_set_header` from the enclosing block only when a
+    block sets none of its own, and so does this."""
+    found: list[tuple[list[str], set[tuple[str, str]]]] = []
+    stack: list[tuple[list[str], list[list[str]]]] = [([], [])]  # (header, directives) per open block
+    words: list[str] = []
+
+    def close(header: list[str], directives: list[list[str]]) -> None:
+        if any(d[0] == "proxy_pass" for d in directives):
+            for _, outer in [(header, directives), *reversed(stack)]:
+                sets = {(d[1].lower(), d[2].strip("\"'")) for d in outer if d[0] == "proxy_set_header" and len(d) == 3}
+                if sets:
+                    break
+            found.append((header, sets))
+
+    for token in NGINX_TOKEN.findall(text):
+        if token.startswith("#"):
+            continue
+        if token == ";":
+            stack[-1][1].append(words)
+            words = []
+        elif token == "{":
+            stack.append((words, []))
+            words = []
+        elif token == "}":
+            close(*stack.pop())
+        else:
+            words.append(token)
+    close(*stack.pop())
+    return found
+
+
+def shipped_nginx_configs() -> dict[str, str]:
+    """deploy/*.conf for nginx, and the nginx examples of deploy/README.md."""
+    configs = {p.name: p.read_text() for p in sorted(DEPLOY.glob("*.conf")) if "proxy_pass" in p.read_text()}
+    for i, block in enumerate(re.findall(r"```nginx\n(.*?)```", (DEPLOY / "README.md").read_text(), flags=re.S)):
+        configs[f"README.md example {i + 1}"] = block
+    return configs
+
+
+def test_nginx_configs_send_the_client_host_address_and_scheme() -> None:
+    configs = shipped_nginx_configs()
+    assert "nginx-cluster.conf" in configs and any(name.startswith("README.md") for name in configs)
+    for name, text in configs.items():
+        proxies = nginx_proxies(text)
+        assert proxies, name
+        for header, sets in proxies:
+            assert FORWARDED_HEADERS <= sets, (name, header, sets)
+    # the parser's own check: a location with a header of its own inherits none of the server's
+    inner = nginx_proxies("server { proxy_set_header Host $host; location / { proxy_pass http://x; "
+                          "proxy_set_header X-Forwarded-Proto $scheme; } }")
+    assert inner == [(["location", "/"], {("x-forwarded-proto", "$scheme")})]
+
+
+def test_env_file_trusts_the_proxy_on_this_host() -> None:
+    from wce.gateway.forwarded import trusted_proxies
+
+    env = dict(line.split("=", 1) for line in (DEPLOY / "wce.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    proxies = trusted_proxies(env["WCE_FORWARDED_ALLOW_IPS"])
+    assert env["WCE_HOST"] == "127.0.0.1" and proxies is not None
+    assert proxies.trusts_peer(("127.0.0.1", 40000)) and not proxies.trusts_peer(("192.0.2.1", 40000))
+
+
 def test_litestream_config_replicates_every_cenv_file() -> None:
     text = (DEPLOY / "litestream.yml").read_text()
     assert "dir: /var/lib/wce" in text and 'pattern: "*.sqlite"' in text and "watch: true" in text
