@@ -36,8 +36,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cenv-domain", default=env_default("cenv_domain", d.cenv_domain),
                    help="serve cenv X at X.DOMAIN, its own browser origin (WCE_CENV_DOMAIN); unset: /X/ paths")
     p.add_argument("--forwarded-allow-ips", default=env_default("forwarded_allow_ips", d.forwarded_allow_ips),
-                   help="comma-separated proxy addresses or CIDRs (or *) whose X-Forwarded-For/-Proto are "
-                        "trusted (WCE_FORWARDED_ALLOW_IPS); unset: none")
+                   help="comma-separated proxy addresses or CIDRs, 'unix' (a Unix-socket peer) or '*', whose "
+                        "X-Forwarded-For/-Proto (or Forwarded) are trusted (WCE_FORWARDED_ALLOW_IPS); unset: none")
     p.add_argument("--access-log", default=env_default("access_log", d.access_log),
                    help="one JSON line per request: '-' for stderr, 'off', or a file (WCE_ACCESS_LOG)")
 

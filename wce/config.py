@@ -39,6 +39,7 @@ class ServerConfig:
     # subdomain mode: cenv X at X.{cenv_domain}, its own browser origin; "" is path mode (/X/)
     cenv_domain: str = ""
     # peers whose X-Forwarded-For/-Proto (or Forwarded) are believed: "" none, "*" all, else IPs/CIDRs
+    # and "unix" (a Unix-socket peer); parsed by wce.gateway.forwarded, which refuses a bad value
     forwarded_allow_ips: str = ""
 
     @property

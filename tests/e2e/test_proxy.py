@@ -5,6 +5,7 @@ trusted proxy. The tests talk to the server over loopback, so they play a proxy 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -146,10 +147,12 @@ async def test_untrusted_peer_forwarded_headers_are_ignored(direct: httpx.AsyncC
 
 
 def test_a_bad_setting_stops_the_server_with_one_line(tmp_path: Path) -> None:
-    for setting in ("10.0.0.1/8", "localhost", "127.0.0.1,,::1", "*, 10.0.0.0/8"):
-        proc = subprocess.Popen([sys.executable, "-m", "wce", "--data", str(tmp_path / "data"), "serve", "--port", "0",
-                                 "--forwarded-allow-ips", setting], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=ROOT)
+    serve = [sys.executable, "-m", "wce", "--data", str(tmp_path / "data"), "serve", "--port", "0"]
+    for setting, from_env in (("10.0.0.1/8", False), ("localhost", False), ("127.0.0.1,,::1", False),
+                              ("*, 10.0.0.0/8", False), ("proxy.example", True)):
+        args = serve if from_env else [*serve, "--forwarded-allow-ips", setting]
+        env = {**os.environ, "WCE_FORWARDED_ALLOW_IPS": setting} if from_env else None
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         try:
             out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
