@@ -96,6 +96,16 @@ def test_a_word_ends_the_walk_at_the_last_address_known() -> None:
     assert rewritten("127.0.0.1", "127.0.0.1", (xff, ""))[0] == "127.0.0.1"
 
 
+def test_what_is_remembered_is_bounded() -> None:
+    p = TrustedProxies("*")
+    long_entry = "1" * 10_000
+    assert rewritten("*", "127.0.0.1", ("x-forwarded-for", f"{long_entry}, 198.51.100.7"))[0] == "198.51.100.7"
+    assert p.address(long_entry) is None and long_entry not in p._seen
+    for i in range(5000):
+        p.address(f"10.{i // 250}.{i % 250}.1")
+    assert len(p._seen) <= 4096
+
+
 def test_a_long_chain_is_looked_at_only_so_far() -> None:
     many = ", ".join(f"10.0.{i // 250}.{i % 250 + 1}" for i in range(1000))
     client, _ = rewritten("127.0.0.1, 10.0.0.0/8", "127.0.0.1", ("x-forwarded-for", many))

@@ -23,9 +23,10 @@ rightmost was written by the peer, a trusted proxy); an address that is itself a
 skipped, the first untrusted one is the client, and if all are trusted the leftmost is. Entries left
 of the client were written by the client and are never looked at, so a spoofed leftmost entry
 changes nothing. An entry that is not an address (`unknown`, an obfuscated `_name`, garbage) ends
-the walk, and the last address passed (or the peer's own) stays the client's. `Forwarded` is
-walked the same way on its `for=` parameters (token or quoted, `"[2001:db8::1]:4711"`), and the
-scheme is the `proto=` of the last element walked, the one the outermost trusted proxy wrote.
+the walk, and the last address passed (or the peer's own) stays the client's; at most `MAX_HOPS`
+entries are looked at. `Forwarded` is walked the same way on its `for=` parameters (token or
+quoted, `"[2001:db8::1]:4711"`), and the scheme is the `proto=` of the last element walked, the
+one the outermost trusted proxy wrote.
 
 `X-Forwarded-For` wins over `Forwarded` when both are present, and `X-Forwarded-Proto` over
 `Forwarded`'s `proto=`: a proxy that sets the X- headers (nginx as shipped, HAProxy's `option
@@ -49,6 +50,7 @@ Address = IPv4Address | IPv6Address
 
 MAX_HOPS = 16  # entries looked at per header: bounds the cost of a long (e.g. all-trusted) chain
 MEMO_SIZE = 4096  # addresses remembered (parsed, canonical, trusted or not) before starting afresh
+MAX_ADDRESS = 64  # characters: `[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535` is 53
 SCHEMES = {"http": "http", "https": "https"}
 _UNSEEN = object()
 
@@ -160,6 +162,8 @@ class TrustedProxies:
         found = self._seen.get(text, _UNSEEN)
         if found is not _UNSEEN:
             return found  # type: ignore[return-value]
+        if len(text) > MAX_ADDRESS:
+            return None  # no address is that long; and a long key is not worth remembering
         ip = parse_address(text)
         found = None if ip is None else (str(ip), self.trusts(ip))
         if len(self._seen) >= MEMO_SIZE:
