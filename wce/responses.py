@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 STATUS_BY_CODE: dict[str, int] = {
     "bad_request": 400,
@@ -53,6 +54,29 @@ def error_parts(code: str, message: str, retry_after: int | None = None) -> tupl
 
 
 SESSION_COOKIE = "wce_session"  # set by the worker at login, read by the gateway on every request
+
+
+def session_cookie(subdomains: bool, https: bool) -> str:
+    """The session cookie's name. A cenv on its own host over https uses `__Host-`: browsers take
+    such a cookie only host-only, `Secure` and `Path=/`, so a sibling subdomain (another tenant)
+    cannot plant one. In path mode cookies are scoped by `Path` (which is no security boundary:
+    path mode relies on the sandbox of tenant content instead), and `__Host-` needs `Path=/`."""
+    return "__Host-" + SESSION_COOKIE if subdomains and https else SESSION_COOKIE
+
+
+def same_origin(site: str | None, origin: str | None, host: str | None) -> bool:
+    """Whether a browser says the request comes from a page of the request's own origin, or from no
+    page (a typed address, a bookmark) or from no browser at all.
+
+    `site` is `Sec-Fetch-Site` (trusted when present: every current browser sends it), else `Origin`
+    is compared with `Host`. `same-site` is not same-origin: sibling subdomains are same-site, and
+    in subdomain mode each is another tenant. A sandboxed page's origin is opaque (`null`).
+    """
+    if site is not None:
+        return site in ("same-origin", "none")
+    if origin is None:
+        return True
+    return origin != "null" and host is not None and urlsplit(origin.lower()).netloc == host.lower()
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

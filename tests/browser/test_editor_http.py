@@ -96,7 +96,7 @@ async def test_csrf_check(client: httpx.AsyncClient, server: Server) -> None:
                     {"origin": f"https://{host}.evil.example"}):
         for method in ("POST", "PUT", "PATCH", "DELETE"):
             body = assert_safe_error(await client.request(method, url, headers={**jar, **headers}, json=table("t1")), 403, "forbidden")
-            assert "cross-site" in body["error"]["message"]
+            assert "cross-site request refused" in body["error"]["message"]
     # same origin, or no browser at all: allowed
     assert (await client.post(url, headers={**jar, "origin": f"http://{host}"}, json=table("t2"))).status_code == 201
     assert (await client.post(url, headers={**jar, "sec-fetch-site": "same-origin", "origin": f"http://{host}"},
@@ -108,15 +108,31 @@ async def test_csrf_check(client: httpx.AsyncClient, server: Server) -> None:
     r = await client.post(url, headers={"authorization": f"Bearer {token}", "origin": "http://evil.example",
                                         "sec-fetch-site": "cross-site"}, json=table("t5"))
     assert r.status_code == 201
-    # safe methods are not checked
-    assert (await client.get(url, headers={**jar, "origin": "http://evil.example", "sec-fetch-site": "cross-site"})).status_code == 200
+    # a cross-origin read with the cookie goes on as anonymous (a sandboxed page, a sibling subdomain) ...
+    anon = (await client.get(url, headers={**jar, "origin": "http://evil.example", "sec-fetch-site": "cross-site",
+                                            "sec-fetch-mode": "cors", "sec-fetch-dest": "empty"})).json()["tables"]
+    assert anon == []
+    r = await client.get(f"/{cenv}/auth/me", headers={**jar, "sec-fetch-site": "same-site", "sec-fetch-mode": "cors"})
+    assert_safe_error(r, 401)
+    # ... but a top-level navigation from elsewhere is signed in (a link to a signed-in page)
+    r = await client.get(f"/{cenv}/auth/me", headers={**jar, "sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate",
+                                                      "sec-fetch-dest": "document"})
+    assert r.status_code == 200 and r.json()["username"] == "admin"
+    r = await client.get(f"/{cenv}/auth/me", headers={**jar, "sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate",
+                                                      "sec-fetch-dest": "iframe"})
+    assert_safe_error(r, 401)  # framed by another site: not signed in
     # without the cookie there is nothing to ride on: the request goes on as anonymous
     assert_safe_error(await client.post(url, headers={"origin": "http://evil.example"}, json=table("t6")), 401)
-    # ... except logging in (login CSRF) and the other /auth/ routes
-    assert_safe_error(await client.post(f"/{cenv}/auth/login", headers={"origin": "http://evil.example"},
-                                        json={"username": "admin", "password": PASSWORD}), 403, "forbidden")
-    assert (await client.post(f"/{cenv}/auth/login", headers={"origin": f"http://{host}", "sec-fetch-site": "same-origin"},
-                              json={"username": "admin", "password": PASSWORD})).status_code == 200
+    # signing in from another origin gives the token in the body and no cookie (no login CSRF)
+    r = await client.post(f"/{cenv}/auth/login", headers={"origin": "null", "sec-fetch-site": "cross-site"},
+                          json={"username": "admin", "password": PASSWORD})
+    assert r.status_code == 200 and r.json()["token"] and "set-cookie" not in r.headers
+    r = await client.post(f"/{cenv}/auth/login", headers={"origin": f"http://{host}", "sec-fetch-site": "same-origin"},
+                          json={"username": "admin", "password": PASSWORD})
+    assert r.status_code == 200 and "wce_session=" in r.headers["set-cookie"]
     client.cookies.clear()
+    # logging out someone from another origin, by their cookie, is refused
+    assert_safe_error(await client.post(f"/{cenv}/auth/logout", headers={**jar, "sec-fetch-site": "same-site"}), 403)
+    assert (await client.get(f"/{cenv}/auth/me", headers=jar)).status_code == 200
     names = {t["name"] for t in (await client.get(url, headers={"authorization": f"Bearer {token}"})).json()["tables"]}
     assert names == {"t2", "t3", "t4", "t5"}

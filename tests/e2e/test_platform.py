@@ -25,7 +25,9 @@ async def test_new_form_and_html_creation(client: httpx.AsyncClient, server: Ser
     r = await client.post("/new", data={"username": "webadmin", "password": "a good password"})
     assert r.status_code == 201
     assert "Bookmark" in r.text
-    cenv = r.text.split('<a href="/')[1].split("/")[0]
+    url = r.text.split('<a href="')[1].split('"')[0]
+    assert url.startswith(server.url + "/") and url.endswith("/_/")  # the editor, at the cenv's own address
+    cenv = url[len(server.url) + 1:].split("/")[0]
     assert (server.data / f"{cenv}.sqlite").exists()
     bad = await client.post("/new", data={"username": "<script>x</script>", "password": "a good password"})
     assert bad.status_code == 400 and "<script>x" not in bad.text and "&lt;script&gt;" in bad.text

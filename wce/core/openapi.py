@@ -214,8 +214,9 @@ def _admin_paths() -> dict[str, Any]:
 
 
 def document(cenv: str, tables: list[Table], access: Access, actor: Actor, endpoints: list[dict[str, Any]],
-             extra_admin_paths: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of a cenv for one caller."""
+             extra_admin_paths: dict[str, Any] | None = None, root: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a cenv for one caller; `root` is the cenv's path on its host
+    (`/{cenv}` in path mode, the default; empty on its own host)."""
     paths: dict[str, Any] = {
         **_auth_paths(),
         "/api/tables": {"get": _op("list_tables", "tables you may read", _ok("200", {"type": "object", "properties": {
@@ -238,7 +239,7 @@ def document(cenv: str, tables: list[Table], access: Access, actor: Actor, endpo
         "openapi": "3.1.0",
         "info": {"title": f"WCE cenv {cenv}", "version": "1",
                  "description": "The HTTP API of one cenv, as the caller who asked for this document may use it."},
-        "servers": [{"url": f"/{cenv}"}],
+        "servers": [{"url": (f"/{cenv}" if root is None else root) or "/"}],
         "security": [{"bearer": []}, {"cookie": []}, {}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},

@@ -20,10 +20,11 @@ from wce.core.ids import is_id
 from wce.responses import SESSION_COOKIE, error_parts, etag_matches
 
 from .client import NotSent, WorkerGone
-from .editor import ASSETS, Editor, check_csrf
+from .editor import ASSETS, Editor
 from .forwarded import trusted_proxies
 from .logs import RequestLog, cenv_route, platform_route
 from .metrics import PAGE_CACHE_HEADER, Metrics
+from .origins import Origins, cookie_counts, preflight_headers
 from .platform import ImportRoute, MetricsRoute
 from .supervisor import Supervisor
 
@@ -103,8 +104,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]:
-    """The caller's token and where it came from: the Authorization header wins over the cookie."""
+def credentials(headers: list[tuple[bytes, bytes]], cookie: bytes = COOKIE) -> tuple[str | None, str]:
+    """The caller's token and where it came from: the Authorization header wins over the cookie
+    (`cookie` is the session cookie's `name=`)."""
     cookie_token = None
     for k, v in headers:
         if k == b"authorization":
@@ -112,27 +114,30 @@ def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str]:
             if scheme.lower() == b"bearer" and token:
                 return token.strip().decode("latin-1"), "bearer"
             return "", "bearer"  # a malformed Authorization header is an invalid credential
-        if k == b"cookie" and COOKIE in v:
+        if k == b"cookie" and cookie in v:
             for part in v.split(b";"):
                 part = part.strip()
-                if part.startswith(COOKIE):
-                    cookie_token = part[len(COOKIE):].decode("latin-1")
+                if part.startswith(cookie):
+                    cookie_token = part[len(cookie):].decode("latin-1")
     return (cookie_token or None), "cookie"
 
 
 class _Outcome:
     """The `send` handed down for one HTTP request: notes the status for the log and the counters."""
 
-    __slots__ = ("send", "status", "pid")
+    __slots__ = ("send", "status", "pid", "extra")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.status = 0
         self.pid: int | None = None
+        self.extra: list[tuple[bytes, bytes]] | None = None  # headers every answer gets (a cenv's)
 
     async def __call__(self, msg: dict[str, Any]) -> None:
         if msg["type"] == "http.response.start":
             self.status = msg["status"]
+            if self.extra:
+                msg["headers"] = [*msg["headers"], *self.extra]
         await self.send(msg)
 
 
@@ -154,6 +159,7 @@ class Gateway:
         self.importer = ImportRoute(config, supervisor, self.metrics)
         self.metrics_route = MetricsRoute(config, supervisor, self.metrics)
         self.editor = Editor(supervisor)  # /{cenv}/_/ and /_/assets/ (wce.gateway.editor)
+        self.origins = Origins(config.cenv_domain)  # path or subdomain mode (wce.gateway.origins)
         self._streams: set[trio.CancelScope] = set()  # relays of streamed answers in progress
         self._ending = False
 
@@ -174,24 +180,58 @@ class Gateway:
         out = _Outcome(send)
         path: str = scope["path"]
         seg = path[1:27]
-        cenv = seg if is_id(seg) and (len(path) == 27 or path[27] == "/") else None
-        route = cenv_route(path[27:]) if cenv else platform_route(path)
+        in_path = is_id(seg) and (len(path) == 27 or path[27] == "/")  # /{cenv}/...
+        cenv: str | None = None
+        rest = path
+        moved = None
+        if not self.origins.subdomains:
+            if in_path:
+                cenv, rest = seg, path[27:]
+        elif (named := self.origins.cenv_of_host(scope["headers"])) is not None:
+            cenv = named  # X.D/...: all of it is X's
+        elif in_path:
+            moved = seg  # D/X/...: X lives on its own host
+        route = cenv_route(rest) if cenv else platform_route(path)
         try:
-            if cenv is None:
+            if moved is not None:
+                await self._redirect(scope, out, moved, path[27:] or "/")
+            elif cenv is None:
                 await self._platform(scope, receive, out, path)
-            elif len(path) == 27:
-                await out({"type": "http.response.start", "status": 308,
-                           "headers": [(b"location", f"/{seg}/".encode()), (b"content-length", b"0")]})
-                await out({"type": "http.response.body", "body": b""})
-            elif path[27:29] == "/_" and (len(path) == 29 or path[29] == "/"):
-                await self.editor.shell(scope, out, cenv, path[27:])
-            elif not await self.cached_page(scope, out, cenv, path[27:]):
-                await self.forward(scope, receive, out, cenv, path[27:])
+            elif not rest:
+                await self._redirect(scope, out, cenv, "/")
+            elif rest[:2] == "/_" and (len(rest) == 2 or rest[2] == "/"):  # the editor: ours, not sandboxed
+                if rest.startswith(ASSETS):
+                    await self.editor.asset(scope, out, rest)  # also on a cenv's own host (subdomain mode)
+                else:
+                    await self.editor.shell(scope, out, cenv, rest, "" if self.origins.subdomains else f"/{cenv}")
+            else:
+                out.extra = self.origins.cenv_headers
+                if scope["method"] == "OPTIONS" and (preflight := preflight_headers(scope)) is not None:
+                    out.extra = None
+                    await out({"type": "http.response.start", "status": 204, "headers": preflight})
+                    await out({"type": "http.response.body", "body": b""})
+                elif not await self.cached_page(scope, out, cenv, rest):
+                    await self.forward(scope, receive, out, cenv, rest)
         finally:
             seconds = perf_counter() - t0
             self.metrics.observe(route, out.status, seconds)
             if self.log.enabled:
                 self.log.write(cenv, route, scope["method"], out.status, seconds, out.pid)
+
+    async def _redirect(self, scope: Scope, send: Send, cenv: str, rest: str) -> None:
+        """308 to `rest` of the cenv: `/X` to `/X/` in path mode; to X's own host in subdomain
+        mode (the query string kept; 308 keeps the method and body too)."""
+        if self.origins.subdomains:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), self.origins.domain)
+            target = self.origins.cenv_url(scope.get("scheme", "http"), host, cenv)[:-1] + rest
+        else:
+            target = f"/{cenv}{rest}"
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        await send({"type": "http.response.start", "status": 308,
+                    "headers": [(b"location", target.encode("latin-1")), (b"content-length", b"0"),
+                                (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": b""})
 
     async def _platform(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         if path == "/import":  # its own streamed body and limit (wce.gateway.platform.ImportRoute)
@@ -255,8 +295,9 @@ class Gateway:
         """
         try:
             body = await read_body(scope, receive, self.config.max_body)
-            token, via = credentials(scope["headers"])
-            check_csrf(scope, rest, cookie=via == "cookie" and token is not None)
+            token, via = credentials(scope["headers"], self.origins.cookie_name(scope.get("scheme", "http")))
+            if via == "cookie" and token is not None and not cookie_counts(scope):
+                token = None  # another origin's request: it goes on as anonymous
         except _Disconnected:
             return
         except WceError as exc:

@@ -7,10 +7,11 @@
   static/editor/build.mjs). File names carry a content hash, so the answers are cached for a
   year (`immutable`) and shared by every cenv; only the names listed in the build's manifest are
   served, precompressed (brotli or gzip, by `Accept-Encoding`).
-- `check_csrf` refuses a state-changing request that a browser sent from another origin while
-  the session cookie authenticates it (the cookie is SameSite=Lax, this is the second lock), and
-  any cross-origin state-changing request to `/auth/...` (login CSRF). A request with a Bearer
-  token is not CSRF-able and is never refused here.
+
+In subdomain mode (wce.gateway.origins) the shell is at `/_/` of the cenv's own host, and the
+assets are served there too: a browser keeps a cache per site, so assets shared from the apex
+would be fetched once per cenv all the same, and same-origin ones need no CORS and let the
+editor start its web worker.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 
-from wce.core.errors import Forbidden, MethodNotAllowed, NotFound, Unavailable, WceError
+from wce.core.errors import MethodNotAllowed, NotFound, Unavailable, WceError
 from wce.responses import error_parts
 
 Scope = dict[str, Any]
@@ -72,7 +72,6 @@ SHELL = """<!doctype html>
 TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".ttf": "font/ttf",
          ".woff2": "font/woff2", ".svg": "image/svg+xml"}
 ENCODINGS = (("br", ".br"), ("gzip", ".gz"))
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class Editor:
@@ -103,11 +102,12 @@ class Editor:
         self._mtime = mtime
         return True
 
-    async def shell(self, scope: Scope, send: Send, cenv: str, rest: str) -> None:
-        """`/{cenv}/_` and everything under it (rest starts with `/_`)."""
+    async def shell(self, scope: Scope, send: Send, cenv: str, rest: str, root: str) -> None:
+        """`{root}/_` and everything under it (rest starts with `/_`); root is `/{cenv}` in path
+        mode, empty on the cenv's own host."""
         try:
             if rest == "/_":
-                await _send(send, scope, 308, [("location", f"/{cenv}/_/"), ("content-length", "0")], b"")
+                await _send(send, scope, 308, [("location", f"{root}/_/"), ("content-length", "0")], b"")
                 return
             if rest != SHELL_PATH:
                 raise NotFound("no such page")
@@ -174,33 +174,6 @@ def _encoding(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
         if encoding in accepted:
             return encoding, suffix
     return "", ""
-
-
-def check_csrf(scope: Scope, rest: str, cookie: bool) -> None:
-    """Raise Forbidden for a cross-origin state-changing request that could ride the browser's
-    cookie: an unsafe method with the session cookie (and no Bearer token, which the caller
-    reports as cookie=False), or any unsafe request to /auth/ (logging a victim in as someone
-    else). Browsers say where a request comes from in `Sec-Fetch-Site` (preferred) or `Origin`;
-    a request with neither is not from a browser page and passes.
-    """
-    if scope["method"] not in UNSAFE_METHODS or not (cookie or rest.startswith("/auth/")):
-        return
-    site = origin = host = None
-    for k, v in scope["headers"]:
-        if k == b"sec-fetch-site":
-            site = v.decode("latin-1").strip().lower()
-        elif k == b"origin":
-            origin = v.decode("latin-1").strip()
-        elif k == b"host":
-            host = v.decode("latin-1").strip().lower()
-    if site is not None:
-        if site in ("same-origin", "none"):
-            return
-    elif origin is None:
-        return
-    elif origin != "null" and host is not None and urlsplit(origin.lower()).netloc == host:
-        return
-    raise Forbidden("cross-site request refused: state-changing requests signed in by cookie must come from this site")
 
 
 async def _send(send: Send, scope: Scope, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

@@ -30,6 +30,7 @@ from wce.core.ids import new_id
 from wce.responses import error_parts, json_bytes
 
 from .metrics import Metrics, MetricsFiles
+from .origins import Origins
 from .supervisor import Supervisor
 
 Scope = dict[str, Any]
@@ -79,6 +80,7 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
     """The Quart app of the platform routes."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body
+    origins = Origins(config.cenv_domain)
 
     @app.get("/")
     async def landing() -> Response:
@@ -119,7 +121,7 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
             name = html.escape(str(fields.get("username", ""))) if isinstance(fields.get("username"), str) else ""
             status, _, _ = error_parts(exc.code, exc.message)
             return _html("Create a cenv", NEW_FORM.format(error=msg, username=name), status)
-        url = f"{request.scheme}://{request.host}/{cenv}/"
+        url = origins.cenv_url(request.scheme, request.host, cenv)
         if is_json:
             return Response(json_bytes({"cenv": cenv, "url": url}), status=201,
                             content_type="application/json", headers={"cache-control": "no-store", "location": url})
@@ -127,7 +129,7 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
         return _html("Your cenv", f"""<h1>Your cenv is ready</h1>
 <p>Bookmark this address: it is the only way back to your cenv.</p>
 <p><code>{safe}</code></p>
-<p><a href="/{cenv}/_/">Open the editor</a> (sign in with the account you just chose) or <a href="/{cenv}/">the cenv itself</a></p>""", 201)
+<p><a href="{safe}_/">Open the editor</a> (sign in with the account you just chose) or <a href="{safe}">the cenv itself</a></p>""", 201)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -186,6 +188,7 @@ class ImportRoute:
         self.supervisor = supervisor
         self.metrics = metrics
         self.limit = config.max_import_mb << 20
+        self.origins = Origins(config.cenv_domain)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -228,8 +231,7 @@ class ImportRoute:
             upload.flush()
             cenv = new_id()
             await self.supervisor.forkserver.import_file(cenv, upload.fileno(), username, password, client)
-        host = headers.get("host", "localhost")
-        return cenv, f"{scope.get('scheme', 'http')}://{host}/{cenv}/"
+        return cenv, self.origins.cenv_url(scope.get("scheme", "http"), headers.get("host", "localhost"), cenv)
 
     async def _receive_form(self, receive: Receive, boundary: bytes, upload: Any) -> dict[str, str | None]:
         """Feed the body to the decoder; file bytes go to `upload`, the small fields to a dict."""

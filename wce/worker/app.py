@@ -20,7 +20,7 @@ from .tenant import Tenant
 
 async def home(call: Call) -> Reply:
     """The cenv's front page until its owner publishes a page at `/`."""
-    base = f"/{call.tenant.cenv_id}"
+    base = call.root
     who = html.escape(call.user.username) if call.user else "not signed in"
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>WCE cenv</title>

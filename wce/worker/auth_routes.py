@@ -2,6 +2,11 @@
 
 Hashing runs in a thread (argon2 releases the GIL); every database step runs on the worker's own
 thread, so the connection is never used by two threads at once.
+
+The session cookie (wce.responses.session_cookie): `Path=/{cenv}/` in path mode; host-only with
+`Path=/` on a cenv's own host (`__Host-` over https). A login from another origin (a page in a
+sandbox, a front end elsewhere) gets its token in the body and no cookie: a page elsewhere can
+never sign a browser in as someone (login CSRF), and it has no use for a cookie it cannot send.
 """
 
 from __future__ import annotations
@@ -9,17 +14,17 @@ from __future__ import annotations
 from wce.core import accounts, auth
 from wce.core.errors import BadRequest, Forbidden, InvalidCredentials, RateLimited
 
-from wce.responses import SESSION_COOKIE
+from wce.responses import session_cookie
 
 from .http import Call, Reply, Router, json_reply
 from .offload import in_thread
 
-COOKIE = SESSION_COOKIE
-
 
 def _cookie(call: Call, value: str, max_age: int) -> tuple[str, str]:
-    secure = "; Secure" if call.req.scheme == "https" else ""
-    return ("set-cookie", f"{COOKIE}={value}; Path=/{call.tenant.cenv_id}/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")
+    https = call.req.scheme == "https"
+    name = session_cookie(bool(call.tenant.config.cenv_domain), https)
+    secure = "; Secure" if https else ""
+    return ("set-cookie", f"{name}={value}; Path={call.root}/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")
 
 
 def _str_field(body: dict[str, object], name: str) -> str:
@@ -58,7 +63,7 @@ async def login(call: Call) -> Reply:
     token, exp = auth.make_token(t.secret, t.cenv_id, candidate.user.id, candidate.user.role, sid, ttl)
     return json_reply(
         {"token": token, "expires_at": exp, "user": candidate.user.public()},
-        headers=[_cookie(call, token, ttl)],
+        headers=[_cookie(call, token, ttl)] if call.same_origin else [],
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from wce import proto
 from wce.core.accounts import User
 from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthenticated, WceError
-from wce.responses import JSON, error_parts, json_bytes
+from wce.responses import JSON, error_parts, json_bytes, same_origin
 
 from .tenant import Tenant
 
@@ -122,6 +122,17 @@ class Call:
     def client(self) -> str:
         """The caller's address as the gateway saw it."""
         return self.req.client
+
+    @property
+    def root(self) -> str:
+        """The cenv's root path in its URLs: `/{cenv}` in path mode, empty on its own host."""
+        return "" if self.tenant.config.cenv_domain else f"/{self.tenant.cenv_id}"
+
+    @property
+    def same_origin(self) -> bool:
+        """Whether a browser sent this from a page of the cenv's own origin (or it came from no
+        page at all): see wce.responses.same_origin."""
+        return same_origin(self.header("sec-fetch-site"), self.header("origin"), self.header("host"))
 
 
 Handler = Callable[[Call], Awaitable[Reply | StreamReply]]

@@ -202,6 +202,13 @@ def compile_in_child(source: str, kind: str) -> None:
         raise runtime.ScriptSyntaxError(msg["message"], msg["line"], msg["column"])
 
 
+# Headers an endpoint may not send: framing (the gateway's), cookies (the platform's session lives
+# there), service-worker scope and site-data wiping (they act beyond the cenv's own pages on a
+# shared origin), and CORS (the gateway answers it, never with credentials: wce.gateway.origins).
+FORBIDDEN_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "set-cookie",
+                               "service-worker-allowed", "clear-site-data"})
+
+
 def endpoint_reply(value: Any) -> tuple[int, list[tuple[str, str]], bytes]:
     """What handle_request returned, as an HTTP answer (ScriptFailed if it cannot be one)."""
     if isinstance(value, dict) and value.get("__wce_response__") is True:
@@ -212,7 +219,7 @@ def endpoint_reply(value: Any) -> tuple[int, list[tuple[str, str]], bytes]:
         for k, v in (value.get("headers") or {}).items():
             if not isinstance(k, str) or not isinstance(v, str) or any(c in k + v for c in "\r\n\0"):
                 raise runtime.ScriptFailed("response headers must be strings without line breaks")
-            if k.lower() in ("content-length", "transfer-encoding", "connection", "set-cookie"):
+            if k.lower() in FORBIDDEN_HEADERS or k.lower().startswith("access-control-"):
                 raise runtime.ScriptFailed(f"a script may not set the {k} header")
             headers.append((k.lower(), v))
         body = value.get("body")

@@ -179,4 +179,4 @@ async def openapi_document(call: Call) -> Reply:
     """`GET /{cenv}/api/openapi.json`: the API as this caller may use it."""
     t = call.tenant
     return json_reply(openapi.document(t.cenv_id, list(t.catalog.all().values()), t.access, actor_of(call),
-                                       store.list_scripts(t.conn, "endpoint")))
+                                       store.list_scripts(t.conn, "endpoint"), root=call.root))

@@ -1,8 +1,11 @@
 // The cenv's HTTP API, as the signed-in browser: the session cookie (HttpOnly, SameSite=Lax) is
 // the credential, so nothing secret is ever held in script or storage.
 
-export const cenv = location.pathname.split("/")[1];
-export const base = `/${cenv}`;
+// Path mode: the editor is at /{cenv}/_/ on the server's origin. Subdomain mode: at /_/ on the
+// cenv's own host, {cenv}.{domain}.
+const inPath = location.pathname.match(/^\/([a-z2-7]{26})\/_\//);
+export const cenv = inPath ? inPath[1] : location.hostname.split(".")[0];
+export const base = inPath ? `/${cenv}` : "";
 
 export class ApiError extends Error {
   constructor(status, code, message) {
