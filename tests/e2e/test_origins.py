@@ -60,6 +60,7 @@ async def test_path_mode_sandboxes_every_cenv_answer(client: httpx.AsyncClient, 
     # ours, not the tenant's: the editor shell and its assets, and the platform, are not sandboxed
     shell = await client.get(c.url("/_/"))
     assert shell.status_code == 200 and not _sandboxed(shell) and "access-control-allow-origin" not in shell.headers
+    assert shell.headers["referrer-policy"] == "no-referrer"  # another cenv's page never learns this one's id
     for path in ("/", "/new", "/healthz"):
         r = await client.get(path)
         assert not _sandboxed(r) and "access-control-allow-origin" not in r.headers, path

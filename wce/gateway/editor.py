@@ -55,7 +55,7 @@ SHELL_HEADERS = [
     ("content-security-policy", CSP),
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
-    ("referrer-policy", "same-origin"),
+    ("referrer-policy", "no-referrer"),  # in path mode "same-origin" would be every cenv: never tell one another's id
     ("cross-origin-opener-policy", "same-origin"),
 ]
 
