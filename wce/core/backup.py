@@ -8,8 +8,9 @@ One code path for the admin CLI (`wce export`, `wce import`, `wce check`), the w
 - import: the file is checked before anything is written under a cenv name (SQLite magic,
   integrity_check, WCE application_id, a schema version this server knows, our tables with the
   exact definitions of that version, no trigger or view touching `_wce_` tables, a signing secret
-  and an enabled admin), then migrated, given a fresh signing secret with its sessions cleared,
-  and linked into place under a new id.
+  and an enabled admin), then migrated, given a fresh signing secret with its sessions cleared
+  and its resource-cap exceptions removed (whoever made the file could have written them), and
+  linked into place under a new id.
 
 Nothing half-written is ever left under a final name: every file is built under a dot-name that
 no pattern for cenvs matches (`.{id}.{random}.importing`), fsynced, then linked or renamed.
@@ -296,7 +297,8 @@ def import_file(data_dir: str | os.PathLike[str], src: str | os.PathLike[str], c
 
     With credentials, they must be those of an enabled admin of the file (Forbidden otherwise).
     The installed copy gets a fresh signing secret and no sessions: every token issued for the
-    file before is dead, at the old id and the new one. src itself is never modified.
+    file before is dead, at the old id and the new one. It gets no cap exceptions either: those
+    are the operator's to set (`wce caps`). src itself is never modified.
     """
     folder = Path(data_dir)
     final = path_for(folder, cenv_id)
@@ -322,6 +324,7 @@ def import_file(data_dir: str | os.PathLike[str], src: str | os.PathLike[str], c
                 conn.execute("UPDATE _wce_meta SET value = ? WHERE key = 'jwt_secret'", (secrets.token_hex(32),))
                 conn.execute("INSERT OR REPLACE INTO _wce_meta(key, value) VALUES ('imported_at', ?)", (repr(now),))
                 conn.execute("DELETE FROM _wce_sessions")
+                conn.execute("DELETE FROM _wce_caps")  # the operator's exceptions are never uploaded
                 audit.record(conn, "cenv.import", actor=actor, target=cenv_id, ip=ip)
             conn.pragma("journal_mode", "wal")
         except apsw.Error:

@@ -120,6 +120,14 @@ MIGRATIONS: list[str] = [
         line TEXT NOT NULL
     );
     """,
+    # 3: the operator's per-cenv exceptions to the server's resource ceilings (`wce caps`); no
+    # tenant route writes here, the SQL guard denies it to tenant SQL, an import empties it
+    """
+    CREATE TABLE _wce_caps (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -127,7 +135,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = (
     "_wce_meta", "_wce_users", "_wce_sessions", "_wce_table_permissions", "_wce_row_policies",
     "_wce_config", "_wce_audit_log", "_wce_pages", "_wce_templates", "_wce_values", "_wce_scripts",
-    "_wce_render_cache", "_wce_script_log",
+    "_wce_render_cache", "_wce_script_log", "_wce_caps",
 )
 
 
