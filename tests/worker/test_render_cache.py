@@ -200,7 +200,7 @@ def test_a_clean_restart_serves_the_stored_output_without_rendering(tmp_path: Pa
     again.conn.close()
 
 
-def test_after_a_crash_every_page_is_rendered_again(tmp_path: Path, world: World) -> None:
+def test_after_a_crash_every_page_is_rendered_again_when_first_asked_for(tmp_path: Path, world: World) -> None:
     page = world.page(**NOTES)
     path = world.conn.filename
     world.conn.close()  # no mark_clean: as if the worker had been killed
@@ -208,5 +208,31 @@ def test_after_a_crash_every_page_is_rendered_again(tmp_path: Path, world: World
     other.execute("INSERT INTO notes(body) VALUES ('missed')")
     other.close()
     again = open_world(Path(path))
-    assert again.renders == 1 and again.body(page) == b"one;missed;"
+    # nothing rendered at start (no tenant code before the worker's caps and a request's budget) ...
+    assert again.renders == 0
+    p = again.cache.page_at(page.path)
+    assert p is not None and again.cache.current(p) is None  # ... and the stale output is not pushed
+    # ... the first request for the page renders it
+    assert again.body(page) == b"one;missed;" and again.renders == 1
+    assert again.body(page) == b"one;missed;" and again.renders == 1
+    assert again.cache.current(p) is not None
     again.conn.close()
+
+
+def test_pages_still_stale_at_a_clean_stop_stay_stale(tmp_path: Path, world: World) -> None:
+    first = world.page(**NOTES)
+    second = pages.create_page(world.conn, pages.parse_page({"path": "/q", **NOTES}), actor="admin", ip=None)
+    world.bus.flush()
+    path = Path(world.conn.filename)
+    world.conn.close()  # a crash: both pages are stale at the next start
+    again = open_world(path)
+    assert again.body(first) == b"one;" and again.renders == 1
+    again.cache.mark_clean()  # a clean stop with /q never asked for
+    again.conn.close()
+    third = open_world(path)
+    q = third.cache.page_at(second.path)
+    p = third.cache.page_at(first.path)
+    assert q is not None and p is not None
+    assert third.cache.current(q) is None and third.cache.current(p) is not None
+    assert third.body(second) == b"one;" and third.renders == 1
+    third.conn.close()

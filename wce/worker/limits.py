@@ -25,12 +25,17 @@ def _on_xcpu(signum: int, frame: FrameType | None) -> None:
     _cpu_exceeded = True
 
 
-def apply_memory(memory_mb: int) -> None:
-    """Cap the address space of this process."""
+def apply_memory(memory_mb: int, *, final: bool = True) -> None:
+    """Cap the address space of this process. `final=False` sets the soft limit only, which this
+    process may still raise: a worker caps itself at the server's ceiling before it opens its file,
+    then at the cenv's own cap (an exception may be higher) once it has read it."""
     limit = memory_mb << 20
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
+    if not final:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+        return
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit if hard == resource.RLIM_INFINITY else hard))
 
 

@@ -2,7 +2,8 @@
 
 Render on write: the cache subscribes to the bus, and after each commit re-renders only the pages
 the commit can have changed, then stores the results in memory (what requests are served from:
-a page request never renders) and in `_wce_render_cache` (so a new worker serves at once):
+a page request never renders, but for a stale page, below) and in `_wce_render_cache` (so a new
+worker serves at once):
 
     commit touched                      pages re-rendered
     a tenant table t                    those whose last render read t (views included)
@@ -19,8 +20,14 @@ rendered for (a page switched from admin to public never shows what the admin re
 
 Persistence: `_wce_render_cache.read_tables` holds the render's dependencies as JSON
 (`{"tables", "partials", "values", "access", "error_at"}`). A worker that stops cleanly leaves
-`_wce_meta.render_cache_clean = '1'`; one that starts without it (crash, fresh import) renders
-every page before serving, since commits may have happened without their re-render.
+`_wce_meta.render_cache_clean = '1'` (and `render_cache_stale`, the pages still stale). One that
+starts without it (crash, fresh import) trusts no stored output, since commits may have happened
+without their re-render: every page is stale. A stale page is rendered when it is first asked
+for (`entry`), in the budget of the request that asks, never at start: start-up runs before any
+request's budget, and a render is tenant code (its queries and its Starlark context), so
+rendering every page there would put a cenv's whole render work (pages x budget each) outside
+any per-request limit, and a cenv with enough slow pages would never come up within the gateway's
+hard deadline. Stale pages are not pushed to gateways until rendered.
 
 Pushing public entries to the gateway (a later issue) hangs off `listeners`: each is called with
 the entries that changed and the paths that went away, after every batch.
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
     from wce.core.permissions import Access
 
 CLEAN_KEY = "render_cache_clean"
+STALE_KEY = "render_cache_stale"  # with CLEAN_KEY: the pages a clean stop left unrendered (JSON ids)
 GRANT_TABLES = frozenset({"_wce_table_permissions", "_wce_row_policies"})
 _TEXTUAL = ("text/", "application/json", "application/xml", "application/javascript", "image/svg+xml")
 
@@ -114,21 +122,23 @@ class RenderCache:
         self.templates: dict[str, str] = {}
         self.values: dict[str, Any] = {}
         self._read_sets: dict[str, frozenset[str]] = {}
+        self.stale: set[int] = set()  # pages whose stored output may be out of date: render before serving
         self._renders = self._failures = self._writes = 0
 
     # ------------------------------------------------------------------ start and stop
 
     def start(self) -> None:
-        """Load pages and persisted output; render what is missing (everything after a crash)."""
+        """Load pages and persisted output; mark stale what must be rendered before it is served
+        (everything after a crash). Renders nothing: no tenant code runs here."""
         conn = self.conn
         self._load_pages()
         self.templates = pages_library.all_templates(conn)
         self.values = pages_library.all_values(conn)
-        row = conn.execute("SELECT value FROM _wce_meta WHERE key = ?", (CLEAN_KEY,)).fetchone()
-        clean = row is not None and row[0] == "1"
-        if row is not None:
+        meta = dict(conn.execute("SELECT key, value FROM _wce_meta WHERE key IN (?, ?)", (CLEAN_KEY, STALE_KEY)))
+        clean = meta.get(CLEAN_KEY) == "1"
+        if meta:
             with transaction(conn):  # from now on a crash means "do not trust the rows"
-                conn.execute("DELETE FROM _wce_meta WHERE key = ?", (CLEAN_KEY,))
+                conn.execute("DELETE FROM _wce_meta WHERE key IN (?, ?)", (CLEAN_KEY, STALE_KEY))
         for pid, body, etag, ctype, deps, rendered_at, error in conn.execute(
                 "SELECT page_id, body, etag, content_type, read_tables, rendered_at, error FROM _wce_render_cache"):
             page = self.pages.get(pid)
@@ -140,13 +150,20 @@ class RenderCache:
             if body is not None and etag:
                 self.entries[pid] = Entry(pid, page.path, str(d.get("access", page.access)), ctype or "",
                                           bytes(body), etag, rendered_at or 0.0)
-        todo = set(self.pages) if not clean else set(self.pages) - set(self.states)
-        self.render(todo)
+        if clean:
+            self.stale = (set(self.pages) - set(self.states)) | (_ids(meta.get(STALE_KEY)) & set(self.pages))
+        else:
+            self.stale = set(self.pages)
 
     def mark_clean(self) -> None:
-        """Record that every commit so far has been rendered (call after the last flush)."""
+        """Record that every commit so far has been rendered, but for the pages still stale (call
+        after the last flush)."""
+        stale = sorted(self.stale & set(self.pages))
         with transaction(self.conn):
             self.conn.execute("INSERT OR REPLACE INTO _wce_meta(key, value) VALUES (?, '1')", (CLEAN_KEY,))
+            if stale:
+                self.conn.execute("INSERT OR REPLACE INTO _wce_meta(key, value) VALUES (?, ?)",
+                                  (STALE_KEY, json.dumps(stale)))
 
     # ------------------------------------------------------------------ serving
 
@@ -156,7 +173,16 @@ class RenderCache:
         return self.pages.get(pid) if pid is not None else None
 
     def entry(self, page: Page) -> Entry | None:
-        """The output to serve for page: only one rendered for its current access level."""
+        """The output to serve for page: only one rendered for its current access level. A stale
+        page is rendered first, in the budget of the request that asks for it."""
+        if page.id in self.stale:
+            self.render([page.id])
+        return self.current(page)
+
+    def current(self, page: Page) -> Entry | None:
+        """The output of a page that is not stale, without rendering (what gateways are sent)."""
+        if page.id in self.stale:
+            return None
         e = self.entries.get(page.id)
         return e if e is not None and e.access == page.access else None
 
@@ -209,6 +235,7 @@ class RenderCache:
         removed = [self.entries.pop(pid).path for pid in gone if pid in self.entries]
         for pid in gone:
             self.states.pop(pid, None)
+            self.stale.discard(pid)
         if removed:
             self._notify([], removed)
         return changed
@@ -227,6 +254,7 @@ class RenderCache:
             out = render_page(self.guard, self.access, page, self.templates, self.values, self._read_sets,
                               run_context=self.run_context)
             self._renders += 1
+            self.stale.discard(pid)
             if self._keep(page, out, now, fresh):
                 rows.append(self._row(pid))
         if rows:
@@ -284,6 +312,15 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
 
 
 _ABSENT = object()
+
+
+def _ids(text: str | None) -> set[int]:
+    """Page ids stored as a JSON list (nothing if the text is not one)."""
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return set()
+    return {v for v in value if type(v) is int} if isinstance(value, list) else set()
 
 
 def _load_deps(text: str | None) -> dict[str, Any]:

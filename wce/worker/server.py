@@ -16,9 +16,11 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import apsw
 import trio
 
 from wce import proto
@@ -60,7 +62,7 @@ class Worker:
         out = {}
         for page in list(rc.pages.values()):
             if page.access == "public":
-                e = rc.entry(page)
+                e = rc.current(page)  # a stale page is pushed once a request has rendered it
                 if e is not None and e.access == "public" and len(e.body) <= PUSH_MAX:
                     out[page.path] = e
         return out
@@ -297,6 +299,24 @@ def lock_cenv(config: ServerConfig, cenv_id: str, timeout: float = DRAIN_TIMEOUT
             time.sleep(0.005)
 
 
+def apply_caps(conn: apsw.Connection, settings: Mapping[str, Any]) -> None:
+    """Put this worker under the cenv's caps: its address space (for good: a worker cannot raise
+    it again, so new caps need a new worker), a CPU budget armed for what runs before the first
+    request, and the database size. Called before anything a tenant wrote runs (finding H2)."""
+    limits.apply_memory(int(settings["memory_mb"]))
+    limits.arm_cpu(int(settings["cpu_ms_per_request"]))
+    db.set_size_cap(conn, int(settings["max_db_mb"]))
+
+
+def open_under_caps(cenv_id: str, config: ServerConfig) -> Tenant:
+    """Open the cenv in this (worker) process, capped before anything its tenant wrote can run:
+    at the server's memory ceiling before the file is opened, at the cenv's own caps once they are
+    read (apply_caps)."""
+    limits.install_cpu_handler()
+    limits.apply_memory(config.memory_mb, final=False)
+    return Tenant.open(cenv_id, path_for(config.data_path, cenv_id), config, limit=apply_caps)
+
+
 def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig, socket_name: Path | None = None,
                socket_inode: int = 0) -> int:
     """Entry point in a freshly forked child; returns the exit code. `socket_name` (with the inode
@@ -305,14 +325,11 @@ def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig, socket_name: 
         print(f"wce worker {cenv_id}: the previous worker of this cenv did not exit", file=sys.stderr)
         return 3
     try:
-        tenant = Tenant.open(cenv_id, path_for(config.data_path, cenv_id), config)
+        tenant = open_under_caps(cenv_id, config)
     except Exception:
         print(f"wce worker {cenv_id}: cannot open the cenv", file=sys.stderr)
         traceback.print_exc()
         return 2
-    limits.apply_memory(int(tenant.settings["memory_mb"]))
-    limits.install_cpu_handler()
-    db.set_size_cap(tenant.conn, int(tenant.settings["max_db_mb"]))
     try:
         trio.run(serve, listen_fd, tenant, config, (socket_name, socket_inode) if socket_name else None)
     finally:

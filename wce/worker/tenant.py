@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import apsw
 
 from wce.config import ServerConfig
-from wce.core import accounts, cenv, db, events, schema, settings, sqlguard
+from wce.core import accounts, caps, cenv, db, events, schema, settings, sqlguard
 from wce.core.permissions import Access
 from wce.core.session_cache import SessionCache
 from wce.core.tables import Catalog
@@ -26,6 +26,16 @@ LOGIN_FAILURES_PER_IP = 30
 LOGIN_FAILURES_PER_USER = 10
 LOGIN_WINDOW = 900.0
 
+Limiter = Callable[[apsw.Connection, Mapping[str, Any]], None]
+"""Caps the process, given the cenv's connection and settings (see Tenant.open)."""
+
+
+def read_settings(conn: apsw.Connection, config: ServerConfig) -> tuple[dict[str, int], dict[str, Any]]:
+    """The cenv's ceilings (the server's flags or the operator's exceptions) and its settings, the
+    caps among them at most those ceilings. Reads only our own rows: no tenant code runs."""
+    ceilings = caps.ceilings(config.cenv_defaults(), caps.exceptions(conn))
+    return ceilings, settings.read(conn, ceilings)
+
 
 class Tenant:
     """One cenv, open. Used from one thread at a time (the worker's trio thread)."""
@@ -40,7 +50,7 @@ class Tenant:
         self.access = Access(conn, self.guard)
         self.catalog = Catalog(conn)
         self.notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None  # set by the server
-        self.settings: dict[str, Any] = settings.read(conn, config.cenv_defaults())
+        self.caps, self.settings = read_settings(conn, config)
         self.failed_by_ip = SlidingWindow(LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
         self.failed_by_user = SlidingWindow(LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
         self.request_limiter: SlidingWindow | None = None  # rate_limit_per_minute, per client address
@@ -60,14 +70,22 @@ class Tenant:
         self.bus.flush()
 
     @classmethod
-    def open(cls, cenv_id: str, path: Path, config: ServerConfig) -> Tenant:
-        """Open an existing cenv file and bring its schema up to date."""
+    def open(cls, cenv_id: str, path: Path, config: ServerConfig, *, limit: Limiter | None = None) -> Tenant:
+        """Open an existing cenv file and bring its schema up to date. `limit` is called once the
+        cenv's caps are known and before anything its tenant wrote can run (the worker caps itself
+        there; tests that open a cenv in process pass none)."""
         if not path.exists():
             raise FileNotFoundError(cenv_id)
         conn = db.connect(str(path))
-        schema.migrate(conn)
-        accounts.purge_expired_sessions(conn)
-        return cls(cenv_id, path, conn, config)
+        try:
+            schema.migrate(conn)
+            accounts.purge_expired_sessions(conn)
+            if limit is not None:
+                limit(conn, read_settings(conn, config)[1])
+            return cls(cenv_id, path, conn, config)
+        except BaseException:
+            conn.close()
+            raise
 
     def identify(self, identity: dict[str, Any] | None) -> accounts.User | None:
         """The user behind the gateway's verified claims, if their session is still live.
