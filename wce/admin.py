@@ -1,9 +1,9 @@
-"""The operator's commands on a data folder: list, users, export, import, check, delete.
+"""The operator's commands on a data folder: list, users, export, import, check, delete, caps.
 
 Each works straight on the cenv files with wce.core and is safe while the server runs: writes go
 through SQLite transactions with a busy timeout (the worker's connection sees them at once),
 copies are online backups, and `delete` renames the file away before it asks a live worker to
-stop. Errors are one line on stderr and exit status 1; `check` exits 1 when a cenv is unsound.
+stop; `caps` asks a live worker to stop too, since only a new one can run under raised caps. Errors are one line on stderr and exit status 1; `check` exits 1 when a cenv is unsound.
 Passwords come from the prompt or the first line of stdin, never from the command line.
 """
 
@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from .config import ServerConfig
 
 T = TypeVar("T")
-COMMANDS = ("list", "users", "export", "import", "check", "delete")
+COMMANDS = ("list", "users", "export", "import", "check", "delete", "caps")
 STOP_TIMEOUT = 30.0
 
 
@@ -55,6 +55,12 @@ def add_parsers(sub: Any) -> None:
     de = sub.add_parser("delete", help="delete a cenv (asks first)")
     de.add_argument("cenv")
     de.add_argument("--yes", action="store_true", help="do not ask")
+    ca = sub.add_parser("caps", help="show a cenv's resource caps, or set exceptions to the server's ceilings")
+    ca.add_argument("cenv")
+    ca.add_argument("--memory-mb", type=int, help="address space of the cenv's worker, raised or lowered")
+    ca.add_argument("--cpu-ms-per-request", type=int, help="CPU budget of one request")
+    ca.add_argument("--max-db-mb", type=int, help="database size cap")
+    ca.add_argument("--reset", action="store_true", help="remove the exceptions: the server's ceilings apply")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,11 +136,31 @@ def cmd_list(data: Path, args: argparse.Namespace) -> int:
     rows = [backup.info(data, c) for c in backup.cenv_ids(data)]
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.last_used))
+        exc = _exceptions(data, r.id)
         if args.json:
-            print(json.dumps({"cenv": r.id, "size": r.size, "last_used": r.last_used}))
+            print(json.dumps({"cenv": r.id, "size": r.size, "last_used": r.last_used, "caps": exc}))
         else:
-            print(f"{r.id}  {_human(r.size):>10}  {when}")
+            extra = "  caps: " + " ".join(f"{k}={v}" for k, v in exc.items()) if exc else ""
+            print(f"{r.id}  {_human(r.size):>10}  {when}{extra}")
     return 0
+
+
+def _exceptions(data: Path, cenv: str) -> dict[str, int]:
+    """A cenv's cap exceptions, read without changing its file (none if it cannot be read)."""
+    import apsw
+
+    from .core import caps
+    from .core.ids import path_for
+
+    try:
+        conn = apsw.Connection(str(path_for(data, cenv)), flags=apsw.SQLITE_OPEN_READWRITE)
+        try:
+            conn.set_busy_timeout(5000)
+            return caps.exceptions(conn)
+        finally:
+            conn.close()
+    except apsw.Error:
+        return {}
 
 
 def _connect(path: Path) -> Any:
@@ -222,6 +248,62 @@ def cmd_delete(data: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_caps(data: Path, args: argparse.Namespace) -> int:
+    from .core import caps, schema
+    from .core.settings import CAPS
+
+    path = _cenv_path(data, args.cenv)
+    values = {k: v for k in CAPS if (v := getattr(args, k)) is not None}
+    if args.reset and values:
+        raise CommandError("give either --reset or new caps, not both")
+    for key, value in values.items():
+        caps.check(key, value)
+    changed = args.reset or bool(values)
+    if changed:
+        conn = _connect(path)
+        try:
+            schema.migrate(conn)
+            if args.reset:
+                caps.clear_exceptions(conn, actor="cli", ip="cli")
+            else:
+                caps.set_exceptions(conn, values, actor="cli", ip="cli")
+        finally:
+            conn.close()
+    exc = _exceptions(data, args.cenv)
+    server, source = _server_ceilings(data)
+    for key in CAPS:
+        if key in exc:
+            print(f"{key:<20}{exc[key]:>8}  exception (server ceiling {server[key]})")
+        else:
+            print(f"{key:<20}{server[key]:>8}  server ceiling")
+    if source:
+        print(f"(server ceilings: {source})", file=sys.stderr)
+    if changed:
+        # RLIMIT_AS cannot be raised by the process it limits: the new caps need a new worker
+        if stop_worker(ServerConfig(data=str(data)).runtime_path, args.cenv):
+            print(f"caps of {args.cenv} changed; its worker was stopped: the next request starts one under them",
+                  file=sys.stderr)
+        else:
+            print(f"caps of {args.cenv} changed; no worker was running: the next one starts under them",
+                  file=sys.stderr)
+    return 0
+
+
+def _server_ceilings(data: Path) -> tuple[dict[str, int], str]:
+    """The ceilings of the server running on this folder (as it recorded them), else those `wce
+    serve` would take from WCE_* variables and the defaults; and a note when it is the latter."""
+    from .config import env_default
+
+    config = ServerConfig(data=str(data))
+    try:
+        recorded = json.loads(config.ceilings_path.read_text())
+        return {k: int(recorded[k]) for k in config.cenv_defaults()}, ""
+    except (OSError, ValueError, KeyError, TypeError):
+        defaults = config.cenv_defaults()
+        return ({k: int(env_default(k, v)) for k, v in defaults.items()},
+                "no server has run on this folder; from WCE_MEMORY_MB, WCE_CPU_MS_PER_REQUEST, WCE_MAX_DB_MB or the defaults")
+
+
 def stop_worker(run_dir: Path, cenv: str, timeout: float = STOP_TIMEOUT) -> bool:
     """Ask the cenv's live worker, if any, to finish what is in flight and exit; wait for it.
 
@@ -291,5 +373,5 @@ def _alive(pid: int) -> bool:
 
 HANDLERS: dict[str, Callable[[Path, argparse.Namespace], int]] = {
     "list": cmd_list, "users": cmd_users, "export": cmd_export, "import": cmd_import,
-    "check": cmd_check, "delete": cmd_delete,
+    "check": cmd_check, "delete": cmd_delete, "caps": cmd_caps,
 }

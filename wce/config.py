@@ -15,7 +15,8 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Everything an operator can set. Per-cenv caps here are defaults a cenv's own config can override."""
+    """Everything an operator can set. The per-cenv caps here are ceilings: a cenv's own config may
+    lower them, never raise them; `wce caps` sets per-cenv exceptions (wce.core.caps)."""
 
     host: str = "127.0.0.1"
     port: int = 5309
@@ -28,7 +29,7 @@ class ServerConfig:
     hard_deadline: float = 30.0  # a worker that has not begun answering by then is killed (504)
     graceful_timeout: float = 10.0
     gateways: int = 0  # gateway processes sharing the port (`serve --workers`); 0: one per core
-    # per-cenv caps, overridable in the cenv's own _wce_config
+    # per-cenv caps: ceilings a cenv's _wce_config may lower (the operator's _wce_caps may also raise)
     memory_mb: int = 256
     cpu_ms_per_request: int = 2000
     max_db_mb: int = 1024
@@ -59,8 +60,13 @@ class ServerConfig:
         digest = hashlib.sha256(str(self.data_path).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"wce-{digest}"
 
+    @property
+    def ceilings_path(self) -> Path:
+        """Where a running server records its cap ceilings, for `wce caps` to show (the run folder)."""
+        return self.runtime_path / "ceilings.json"
+
     def cenv_defaults(self) -> dict[str, Any]:
-        """The server defaults for the per-cenv settings."""
+        """The server's ceilings for the per-cenv caps (also the value of a cap a cenv did not set)."""
         return {"memory_mb": self.memory_mb, "cpu_ms_per_request": self.cpu_ms_per_request, "max_db_mb": self.max_db_mb}
 
     def to_dict(self) -> dict[str, Any]:

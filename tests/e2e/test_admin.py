@@ -61,7 +61,8 @@ async def test_config_validated_applied_and_audited(client: httpx.AsyncClient, s
     h = bearer(c.admin)
     cfg = (await client.get(c.url("/api/config"), headers=h)).json()
     assert cfg == {"registration": "closed", "session_ttl_seconds": 604800, "default_role": "user",
-                   "rate_limit_per_minute": 0, "memory_mb": 256, "cpu_ms_per_request": 2000, "max_db_mb": 1024}
+                   "rate_limit_per_minute": 0, "memory_mb": 256, "cpu_ms_per_request": 2000, "max_db_mb": 1024,
+                   "caps": {"memory_mb": 256, "cpu_ms_per_request": 2000, "max_db_mb": 1024}}
     n = audit_count(server.data, c.id)
     for bad in ({"registration": "maybe"}, {"session_ttl_seconds": 5}, {"session_ttl_seconds": "60"},
                 {"default_role": "admin"}, {"memory_mb": 1}, {"nope": 1}, {"cpu_ms_per_request": True}, {}):

@@ -220,29 +220,37 @@ async def delete_user(call: Call) -> Reply:
 
 # config and audit
 
+def _config(t: Tenant) -> dict[str, Any]:
+    """The settings, and the ceilings of the caps among them (set by the operator: read-only here)."""
+    return {**t.settings, "caps": t.caps}
+
+
 async def get_config(call: Call) -> Reply:
     require_admin(call)
-    return json_reply(call.tenant.settings)
+    return json_reply(_config(call.tenant))
 
 
 async def patch_config(call: Call) -> Reply:
-    """Validate every key first, then store them all with one audit row, and apply them."""
+    """Validate every key first (a cap at most its ceiling), then store them all with one audit
+    row, and apply them."""
     admin = require_admin(call)
     body = call.json_object()
     if not body:
         raise BadRequest("nothing to change")
-    for k, v in body.items():
-        settings.validate(k, v)
+    if "caps" in body:
+        raise BadRequest("caps are set by this server's operator; lower a cap with its own key instead")
     t = call.tenant
+    for k, v in body.items():
+        settings.validate(k, v, t.caps)
     with transaction(t.conn):
         for k, v in body.items():
-            settings.write(t.conn, k, v)
+            settings.write(t.conn, k, v, t.caps)
         audit.record(t.conn, "config.update", actor=admin.username, detail={"changed": body}, ip=call.client)
     t.settings.update(body)
     if "max_db_mb" in body:
         set_size_cap(t.conn, int(body["max_db_mb"]))
     await t.announce_settings()
-    return json_reply(t.settings)
+    return json_reply(_config(t))
 
 
 async def list_audit(call: Call) -> Reply:

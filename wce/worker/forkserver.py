@@ -263,9 +263,22 @@ def _import(config: ServerConfig, listener: socket.socket, conn: socket.socket, 
         os.close(fds[0])  # the parent's copy (the child exits inside _job)
 
 
+def _record_ceilings(config: ServerConfig) -> None:
+    """Write the server's cap ceilings where `wce caps` shows them from (it runs without our flags)."""
+    path = config.ceilings_path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(config.cenv_defaults()))
+        os.replace(tmp, path)
+    except OSError:
+        traceback.print_exc()
+        tmp.unlink(missing_ok=True)
+
+
 def serve(listen_fd: int, config: ServerConfig) -> None:
     """Accept requests until SIGTERM (or the gateway's death), then stop every child."""
     listener = socket.socket(fileno=listen_fd)
+    _record_ceilings(config)
     # a restart by the master (which waits with its signals blocked) must not leave them blocked here
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
