@@ -71,11 +71,17 @@ export async function configView(ctx) {
   let config = await get("/api/config");
   const inputs = {};
   const formError = h("div", { class: "form-error", role: "alert" });
+  const caps = config.caps ?? {};
   const fields = CONFIG.map(([key, label, hint, options]) => {
     inputs[key] = options
       ? select({ id: `cfg-${key}`, onchange: ctx.changed }, options, config[key])
       : h("input", { id: `cfg-${key}`, value: String(config[key] ?? ""), oninput: ctx.changed, class: "narrow", spellcheck: false });
-    return h("label", { class: "field" }, h("span", { class: "field-label", text: label }), inputs[key], hint ? h("span", { class: "hint", text: hint }) : null);
+    // a resource cap: this cenv may lower it, only the server's operator can raise it
+    const cap = key in caps
+      ? h("span", { class: "hint cap", id: `cfg-cap-${key}`, text: `at most ${caps[key]}, set by this server's operator` })
+      : null;
+    return h("label", { class: "field" }, h("span", { class: "field-label", text: label }), inputs[key], cap,
+      hint ? h("span", { class: "hint", text: hint }) : null);
   });
   const changes = () => {
     const out = {};
