@@ -284,7 +284,7 @@ def cmd_caps(data: Path, args: argparse.Namespace) -> int:
             print(f"caps of {args.cenv} changed; its worker was stopped: the next request starts one under them",
                   file=sys.stderr)
         else:
-            print(f"caps of {args.cenv} changed; no worker was running: the next one starts under them",
+            print(f"caps of {args.cenv} changed; no live worker answered: the next one starts under them",
                   file=sys.stderr)
     return 0
 

@@ -28,7 +28,7 @@ def test_caps_shows_sets_and_resets_exceptions(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert shown(r.stdout)["memory_mb"] == ["512", "exception", "(server", "ceiling", "256)"]
     assert shown(r.stdout)["max_db_mb"][:2] == ["10", "exception"]
-    assert "no worker was running" in r.stderr
+    assert "no live worker answered" in r.stderr
     assert dict(sql(data, cenv, "SELECT key, value FROM _wce_caps")) == {"memory_mb": "512", "max_db_mb": "10"}
     # later calls change only what they name
     assert wce(data, "caps", cenv, "--memory-mb", "1024").returncode == 0
