@@ -235,6 +235,7 @@ async def test_pages_are_served_by_a_new_worker_without_rendering(tmp_path: Path
             assert sql(srv.data, c.id, "SELECT value FROM _wce_meta WHERE key = 'render_cache_clean'") == [("1",)]
             r = await client.get(c.url("/notes"))
             assert r.headers["etag"] == etag and r.text == "<ul><li>one</li></ul>"
+            assert r.headers["x-wce-cache"] == "hit"  # served as stored: no render
             # a crash loses the marker; the next worker renders again and sees writes made meanwhile
             [pid] = srv.wait_workers(1)
             os.kill(pid, signal.SIGKILL)
@@ -244,5 +245,8 @@ async def test_pages_are_served_by_a_new_worker_without_rendering(tmp_path: Path
             sql(srv.data, c.id, "INSERT INTO notes(body) VALUES ('written offline')")
             r = await client.get(c.url("/notes"))
             assert r.text == "<ul><li>one</li><li>written offline</li></ul>"
+            assert r.headers["x-wce-cache"] == "miss"  # stale after the crash: rendered by this request
+            r = await client.get(c.url("/notes"))
+            assert r.text == "<ul><li>one</li><li>written offline</li></ul>" and r.headers["x-wce-cache"] == "hit"
     finally:
         srv.stop()

@@ -5,8 +5,10 @@ Edit mode (admins only: 401 anonymous, 403 anyone else): `pages`, `pages/{id}`, 
 bus so the render cache re-renders what the change affects before the answer goes out: the page
 JSON carries the fresh `render_error`, and the next display request already sees the new output.
 
-Display mode: `GET /{cenv}/{path}` for any GET no other route claims. It only looks the output up
-in the render cache (never renders), checks the page's access level, and answers with an ETag:
+Display mode: `GET /{cenv}/{path}` for any GET no other route claims. It looks the output up in
+the render cache, checks the page's access level, and answers with an ETag. It renders only a
+page that is stale after a crash or an import (wce.worker.render_cache), once, in this request's
+budget, and then says `x-wce-cache: miss`:
 `If-None-Match` gets 304. Public pages say `Cache-Control: public, no-cache` (caches may keep them
 but must revalidate, since any commit can change them); user and admin pages `private, no-store`.
 """
@@ -160,7 +162,7 @@ async def delete_value(call: Call) -> Reply:
 # display
 
 async def display(call: Call) -> Reply:
-    """The pre-rendered output of the page at the request's path (never renders here)."""
+    """The pre-rendered output of the page at the request's path (rendered here only if stale)."""
     t = call.tenant
     page = t.render_cache.page_at(call.req.path)
     if page is None:
@@ -170,23 +172,24 @@ async def display(call: Call) -> Reply:
             raise Unauthenticated("sign in to see this page")
         if page.access == "admin" and call.user.role != "admin":
             raise Forbidden("this page is for admins")
+    cache = "miss" if page.id in t.render_cache.stale else "hit"
     entry = t.render_cache.entry(page)
     if entry is None:
         raise ScriptError("this page could not be rendered; its owner can see why in the editor")
     if etag_matches(call.header("if-none-match"), entry.etag):
-        return Reply(304, not_modified_headers(entry, page.access))
-    return Reply(200, page_headers(entry, page.access), entry.body)
+        return Reply(304, not_modified_headers(entry, page.access, cache))
+    return Reply(200, page_headers(entry, page.access, cache), entry.body)
 
 
-def not_modified_headers(entry: Entry, access: str) -> list[tuple[str, str]]:
+def not_modified_headers(entry: Entry, access: str, cache: str = "hit") -> list[tuple[str, str]]:
     """The headers of a 304 for a page (also pushed to the gateway, which answers public pages)."""
-    # x-wce-cache: counted by the gateway's metrics; always a hit, since a request never renders
-    return [("etag", entry.etag), ("cache-control", CACHE_CONTROL[access]), ("x-wce-cache", "hit")]
+    # x-wce-cache: counted by the gateway's metrics; a miss only when a stale page was rendered
+    return [("etag", entry.etag), ("cache-control", CACHE_CONTROL[access]), ("x-wce-cache", cache)]
 
 
-def page_headers(entry: Entry, access: str) -> list[tuple[str, str]]:
+def page_headers(entry: Entry, access: str, cache: str = "hit") -> list[tuple[str, str]]:
     """The headers of a page's 200."""
-    return [*not_modified_headers(entry, access), ("content-type", entry.content_type),
+    return [*not_modified_headers(entry, access, cache), ("content-type", entry.content_type),
             ("x-content-type-options", "nosniff")]
 
 
