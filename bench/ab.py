@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the bench package
 from bench import pages_bench  # noqa: E402
-from bench.common import free_port, wait_port  # noqa: E402
+from bench.common import free_port, stop, wait_port  # noqa: E402
 from bench.run import Phase, seed_data_api  # noqa: E402
 
 TRIVIAL = 'def handle_request(ctx):\n    return {"ok": True}\n'
@@ -122,13 +121,7 @@ def main() -> None:
         print(f"\ncold first answer, median of {args.cold}: A {statistics.median(cold_a):.1f} ms, "
               f"B {statistics.median(cold_b):.1f} ms")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 

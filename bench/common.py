@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 
 import httpx
@@ -26,3 +28,14 @@ def wait_port(port: int, timeout: float = 30) -> None:
         except httpx.HTTPError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def stop(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM every server started, then wait for each (SIGKILL past the timeout)."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()

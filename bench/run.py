@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 sys.path.insert(0, str(ROOT))  # `python bench/run.py` puts bench/ first; the bench package is at ROOT
 
-from bench.common import free_port, wait_port  # noqa: E402
+from bench.common import free_port, stop, wait_port  # noqa: E402
 
 
 def tree_cpu(pid: int) -> float:
@@ -300,13 +299,7 @@ def run_phase(phase: Phase, args: argparse.Namespace, tmp: Path) -> dict[str, ob
         result["write_to_page_ms"] = fresh
         return result
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 # (target, reference, the floor for the one-core ratio or None)
