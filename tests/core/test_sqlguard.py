@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
 import apsw
 import pytest
 
+from wce.core import db, tables
 from wce.core import sqlguard as g
-from wce.core.errors import Forbidden, Invalid
+from wce.core.errors import BadRequest, Forbidden, Invalid
 
 
 @pytest.fixture
@@ -95,3 +100,92 @@ def test_sql_errors_are_invalid_with_sqlite_message(guard: g.Guard) -> None:
 
 def test_tables_read_sees_through_views(guard: g.Guard) -> None:
     assert "notes" in g.tables_read(guard.conn, "SELECT * FROM v_notes")
+
+
+# L2: finding which tables a query reads must never prepare it with the guard off
+
+@pytest.mark.parametrize("sql,pragma,untouched", [
+    ("PRAGMA query_only = 1", "query_only", 0),
+    ("PRAGMA writable_schema = 1", "writable_schema", 0),
+    ("PRAGMA recursive_triggers = 1", "recursive_triggers", 0),
+])
+def test_tables_read_never_runs_prepare_time_pragmas(guard: g.Guard, sql: str, pragma: str, untouched: int) -> None:
+    with contextlib.suppress(apsw.Error):  # the statement cannot run under the guard either
+        g.tables_read(guard.conn, sql)
+    assert guard.conn.pragma(pragma) == untouched
+    guard.conn.execute("INSERT INTO notes(body) VALUES ('still writable')")
+    assert guard.conn.authorizer == guard._authorize  # the guard was never swapped out
+    assert guard.mode is g.Mode.TRUSTED
+
+
+def test_tables_read_goes_through_the_guard(guard: g.Guard) -> None:
+    assert g.tables_read(guard, "SELECT n.body FROM v_notes n") >= {"notes"}
+    with pytest.raises(apsw.AuthError):
+        g.tables_read(guard.conn, "SELECT * FROM v_users")  # it would not run either
+
+
+# L5: full-text shadow tables are SQLite's to write, never tenant SQL's
+
+@pytest.fixture(params=["defensive", "guard alone"])
+def fts_guard(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[g.Guard]:
+    conn = db.connect(str(tmp_path / "c.db"), create=True)
+    if request.param == "guard alone":  # each of the two layers refuses on its own
+        conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 0)
+    conn.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT)")
+    tables.add_fts(conn, tables.Catalog(conn).get("notes"), ["title"])
+    guard = g.Guard(conn)
+    for i in range(40):
+        g.run(guard, g.Mode.DATA, "INSERT INTO notes(title) VALUES (?)", (f"hello {i}",))
+    yield guard
+    conn.close()
+
+
+def test_worker_connections_are_defensive(tmp_path: Path) -> None:
+    conn = db.connect(str(tmp_path / "c.db"), create=True)
+    assert conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1) == 1
+    conn.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT)")
+    tables.add_fts(conn, tables.Catalog(conn).get("notes"), ["title"])
+    with pytest.raises(apsw.SQLError):  # even our own SQL cannot write a shadow table directly
+        conn.execute("UPDATE notes_fts_data SET block = x'ff' WHERE id > 10")
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE notes_fts_data SET block = x'ffffffff' WHERE id > 10",
+    "DELETE FROM notes_fts_idx",
+    "INSERT INTO notes_fts_config(k, v) VALUES ('pgsz', 1)",
+    "DELETE FROM notes_fts_docsize",
+])
+def test_tenant_sql_cannot_write_fts_shadow_tables(fts_guard: g.Guard, sql: str) -> None:
+    defensive = fts_guard.conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, -1)
+    with pytest.raises(Invalid if defensive and not sql.startswith("INSERT") else Forbidden):
+        g.run(fts_guard, g.Mode.DATA, sql)  # (SQLite checks UPDATE and DELETE before the Guard sees them)
+    # the index still works, and keeps following the table through its triggers
+    g.run(fts_guard, g.Mode.DATA, "UPDATE notes SET title = 'goodbye' WHERE id = 1")
+    g.run(fts_guard, g.Mode.DATA, "DELETE FROM notes WHERE id = 2")
+    _, hits = g.run(fts_guard, g.Mode.READ, "SELECT rowid FROM notes_fts WHERE notes_fts MATCH 'hello' ORDER BY rowid")
+    assert [r[0] for r in hits] == list(range(3, 41))
+    assert g.run(fts_guard, g.Mode.READ, "SELECT rowid FROM notes_fts WHERE notes_fts MATCH 'goodbye'")[1] == [(1,)]
+
+
+def test_fts_shadow_names_are_reserved(fts_guard: g.Guard) -> None:
+    with pytest.raises(BadRequest):
+        tables.create_sql_from_columns("things_fts_data", [{"name": "x"}])
+    with pytest.raises(Invalid):
+        tables.create(fts_guard.conn, fts_guard, "CREATE TABLE other_fts_idx(segid, term, pgno)")
+
+
+# I1: a table made from a SELECT reads only what tenant SQL may read
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE stolen AS SELECT sql FROM sqlite_master",
+    "CREATE TABLE stolen AS SELECT name FROM sqlite_schema",
+    "CREATE TABLE stolen AS SELECT count(*) AS n FROM sqlite_master",
+    "CREATE TABLE stolen AS SELECT * FROM dbstat",
+    "CREATE TABLE stolen AS SELECT * FROM pragma_table_info('_wce_users')",
+    "CREATE TABLE stolen AS SELECT * FROM _wce_users",
+])
+def test_create_table_as_select_reads_no_internals(guard: g.Guard, sql: str) -> None:
+    with pytest.raises(Invalid):
+        tables.create(guard.conn, guard, sql)
+    assert guard.conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'stolen'").fetchone() == (0,)
+    assert tables.create(guard.conn, guard, "CREATE TABLE copied AS SELECT id, body FROM notes") == "copied"

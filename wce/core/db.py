@@ -3,6 +3,8 @@
 WAL with synchronous=NORMAL: a committed transaction survives the death of the process (SIGKILL,
 OOM kill) because it is in the WAL in the OS's page cache; only a power loss can take the last
 commits. Foreign keys on, a busy timeout so a second writer (the CLI) waits instead of failing.
+Defensive mode on: no SQL, ours or a tenant's, can write SQLite's schema or a virtual table's
+shadow tables (a full-text index's `_fts_data`...) directly, or otherwise corrupt the file on purpose.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def connect(path: str, *, create: bool = False) -> apsw.Connection:
     flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
     conn = apsw.Connection(path, flags=flags)
     conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
     conn.pragma("foreign_keys", True)
     conn.pragma("journal_mode", "wal")
     conn.pragma("synchronous", "NORMAL")

@@ -1,7 +1,7 @@
 """Tenant tables: what exists (columns, types, primary key, full-text index), creating, dropping.
 
 Names are checked against a strict identifier rule and always quoted when put into SQL; `_wce_`
-and `sqlite_` names are refused. A full-text index over chosen text columns is an FTS5 table
+and `sqlite_` names are refused, and so are the names of a full-text index's shadow tables. A full-text index over chosen text columns is an FTS5 table
 `{table}_fts` in external-content mode, kept in step by three triggers that we write ourselves
 (tenants cannot create triggers).
 """
@@ -126,6 +126,8 @@ class Catalog:
 def create_sql_from_columns(name: str, columns: Any) -> str:
     """The CREATE TABLE for a column list, every name checked and quoted, every default a literal."""
     check_name(name, "table name")
+    if sqlguard.is_fts_shadow(name):
+        raise BadRequest(f"table name {name!r} is reserved for a full-text index")
     if not isinstance(columns, list) or not columns:
         raise BadRequest("columns must be a non-empty list")
     if len(columns) > 200:
