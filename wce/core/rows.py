@@ -4,6 +4,12 @@ Every value reaches SQLite as a bound parameter; every column name is checked ag
 table's schema before it is quoted into SQL. Statements carrying policy expressions run under
 wce.core.sqlguard (READ for reads, DATA for writes). Writes of one request are one transaction
 together with their audit rows; a policy `check` that fails rolls the whole request back (403).
+A write answers the row as written only to a caller who may select it (the grant, and the select
+policy on that row), as PostgreSQL's RETURNING needs SELECT; anyone else gets the row's key alone.
+
+Cursors and integers come from clients: a cursor is checked against the shape this module hands
+out before any of it is bound, and every integer is range-checked (parse_int), so a crafted one
+is a 400, never an error deeper down.
 """
 
 from __future__ import annotations
@@ -59,12 +65,7 @@ def parse_query(table: Table, pairs: Sequence[tuple[str, str]]) -> ListQuery:
     q = ListQuery()
     for k, v in pairs:
         if k == "limit":
-            try:
-                q.limit = int(v)
-            except ValueError:
-                raise BadRequest("limit must be an integer") from None
-            if not 1 <= q.limit <= MAX_LIMIT:
-                raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
+            q.limit = parse_int(v, BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}"), lo=1, hi=MAX_LIMIT)
         elif k == "order":
             col = v[1:] if v.startswith("-") else v
             if col not in table.column_names:
@@ -83,16 +84,21 @@ def parse_query(table: Table, pairs: Sequence[tuple[str, str]]) -> ListQuery:
             if op not in OPS:
                 raise BadRequest(f"unknown filter operator {op!r}; use one of gt, gte, lt, lte, ne, like, in")
             q.filters.append((col, OPS[op], v))
+    if q.after is not None:
+        q.after = _check_cursor(q.after, "search" if q.search is not None
+                                else "order" if q.order and q.order != table.key else "key")
     return q
 
 
-def parse_int(raw: str, error: Exception) -> int:
-    """A 64-bit integer from a path segment, or the given error (never an overflow deeper down)."""
+def parse_int(raw: str, error: Exception, *, lo: int = -(2**63), hi: int = 2**63 - 1) -> int:
+    """An integer from lo to hi (by default any 64-bit one) from a path segment or a query
+    parameter, or the given error: the one place client integers are checked, so none overflows
+    deeper down."""
     try:
         value = int(raw)
     except ValueError:
         raise error from None
-    if not -(2**63) <= value < 2**63:
+    if not lo <= value <= hi:
         raise error
     return value
 
@@ -106,13 +112,43 @@ def _encode_cursor(value: Any) -> str:
 def _decode_cursor(text: str) -> Any:
     try:
         value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise BadRequest("bad cursor") from None
     return value
 
 
-def _unbytes(v: Any) -> Any:
-    return base64.b64decode(v["b"]) if isinstance(v, dict) and "b" in v else v
+def _check_cursor(value: Any, kind: str) -> Any:
+    """A decoded cursor if it has the shape this module hands out for that kind of listing,
+    with every value one SQLite can bind; else BadRequest. "search": {"o": offset}; "order":
+    [last value, last key]; "key": [anything, last key] or the last key alone (read as
+    [None, key])."""
+    if kind == "search":
+        if (not isinstance(value, dict) or set(value) != {"o"} or type(value["o"]) is not int
+                or not 0 <= value["o"] < 2**63):
+            raise BadRequest("bad cursor")
+        return value
+    if kind == "order":
+        if not isinstance(value, list) or len(value) != 2:
+            raise BadRequest("bad cursor")
+        return [_cursor_value(value[0]), _cursor_value(value[1])]
+    if isinstance(value, list) and len(value) == 2:
+        value = value[1]
+    return [None, _cursor_value(value)]
+
+
+def _cursor_value(v: Any) -> Any:
+    """One value of a cursor as SQLite will get it: null, a 64-bit integer, a real, text, or a
+    blob written {"b": base64}; anything else is BadRequest."""
+    if v is None or isinstance(v, (str, float)):
+        return v
+    if type(v) is int and -(2**63) <= v < 2**63:
+        return v
+    if isinstance(v, dict) and set(v) == {"b"} and isinstance(v["b"], str):
+        try:
+            return base64.b64decode(v["b"], validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise BadRequest("bad cursor")
 
 
 def to_json(value: Any) -> Any:
@@ -233,9 +269,7 @@ class Rows:
             direction = "DESC" if q.desc else "ASC"
             order_by = f"{col} {direction}, {key} {direction}"
             if q.after is not None:
-                if not isinstance(q.after, list) or len(q.after) != 2:
-                    raise BadRequest("bad cursor")
-                last, last_key = _unbytes(q.after[0]), q.after[1]
+                last, last_key = q.after
                 params["__cv"], params["__ck"] = last, last_key
                 cmp = "<" if q.desc else ">"
                 if last is None:  # NULLs sort first ascending, last descending
@@ -247,7 +281,7 @@ class Rows:
             direction = "DESC" if q.desc else "ASC"
             order_by = f"{key} {direction}"
             if q.after is not None:
-                params["__ck"] = q.after[1] if isinstance(q.after, list) and len(q.after) == 2 else q.after
+                params["__ck"] = q.after[1]
                 where.append(f"{key} {'<' if q.desc else '>'} :__ck")
         sql = self._select(table)
         if where:
@@ -259,17 +293,13 @@ class Rows:
             rows = rows[: q.limit]
             last = rows[-1]
             if q.order and q.order != table.key:
-                nxt = _encode_cursor([_cursorable(last[cols.index(q.order)]), last[0]])
+                nxt = _encode_cursor([_cursorable(last[cols.index(q.order)]), _cursorable(last[0])])
             else:
-                nxt = _encode_cursor([None, last[0]])
+                nxt = _encode_cursor([None, _cursorable(last[0])])
         return [self._shape(table, cols, r) for r in rows], nxt
 
     def _search(self, table: Table, q: ListQuery, where: list[str], params: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
-        offset = 0
-        if q.after is not None:
-            if not isinstance(q.after, dict) or not isinstance(q.after.get("o"), int) or q.after["o"] < 0:
-                raise BadRequest("bad cursor")
-            offset = q.after["o"]
+        offset = q.after["o"] if q.after is not None else 0
         params["__q"] = q.search
         fts = quote(table.name + FTS_SUFFIX)
         sql = (f"WITH __wce_hits AS (SELECT rowid AS __wce_r, rank AS __wce_rank FROM {fts} WHERE {fts} MATCH :__q) "
@@ -327,18 +357,29 @@ class Rows:
             out[k] = column_value(v, k, kinds[k])
         return out
 
-    def _check(self, table: Table, rule: Rule, key_value: Any, what: str) -> None:
-        if rule.check is None:
-            return
+    def _holds(self, table: Table, expr: str, key_value: Any, scope: str) -> bool:
+        """Whether a policy expression is true of the row with that key, as it is now."""
         params = self._params()
         params["__k"] = key_value
         key = "rowid" if table.key == "rowid" else quote(table.key)
-        _, ok = self._read(f"SELECT 1 FROM {quote(table.name)} WHERE {key} = :__k AND {rule.check}", params, f"check:{what}")
-        if not ok:
+        _, ok = self._read(f"SELECT 1 FROM {quote(table.name)} WHERE {key} = :__k AND {expr}", params, scope)
+        return bool(ok)
+
+    def _check(self, table: Table, rule: Rule, key_value: Any, what: str) -> None:
+        if rule.check is not None and not self._holds(table, rule.check, key_value, f"check:{what}"):
             raise Forbidden(f"the row violates the {what} policy of {table.name}")
 
+    def _answer(self, table: Table, cols: list[str], row: tuple[Any, ...]) -> dict[str, Any]:
+        """What a write answers: the row as written if the caller may select it (the grant, and
+        the select policy on the row), else its key alone (as PostgreSQL's RETURNING needs SELECT)."""
+        rule = self.access.rule(self.actor.role, table.name, "select")
+        if rule.granted and (rule.using is None or self._holds(table, rule.using, row[0], "answer")):
+            return self._shape(table, cols, row)
+        return {table.key: to_json(row[0])}
+
     def insert(self, table: Table, rows: list[Any]) -> list[dict[str, Any]]:
-        """Insert one or more rows in one transaction; each must pass the insert check."""
+        """Insert one or more rows in one transaction; each must pass the insert check. The
+        answer: each row as stored, or its key alone (see _answer)."""
         rule = require(self.access, self.actor, table.name, "insert")
         if not rows:
             raise BadRequest("nothing to insert")
@@ -358,11 +399,12 @@ class Rows:
                 self._check(table, rule, key_value, "insert")
                 audit.record(self.conn, "row.insert", actor=self.actor.username or self.actor.role,
                              target=f"{table.name}/{key_value}", detail={"columns": names}, ip=self.ip)
-                out.append(self._shape(table, cols, got[0]))
+                out.append(self._answer(table, cols, got[0]))
         return out
 
     def update(self, table: Table, raw_key: str, changes: Any) -> dict[str, Any]:
-        """Change some columns of a row the caller may update; the result must pass the check."""
+        """Change some columns of a row the caller may update; the result must pass the check.
+        The answer: the row as changed, or its key alone (see _answer)."""
         rule = require(self.access, self.actor, table.name, "update")
         values = self._columns(table, changes)
         params = self._params()
@@ -381,7 +423,7 @@ class Rows:
             self._check(table, rule, got[0][0], "update")
             audit.record(self.conn, "row.update", actor=self.actor.username or self.actor.role,
                          target=f"{table.name}/{got[0][0]}", detail={"columns": list(values)}, ip=self.ip)
-        return self._shape(table, cols, got[0])
+            return self._answer(table, cols, got[0])
 
     def delete(self, table: Table, raw_key: str) -> None:
         """Delete a row the caller may delete; 404 if absent or hidden."""

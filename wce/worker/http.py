@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from wce import proto
 from wce.core.accounts import User
 from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthenticated, WceError
+from wce.core.rows import parse_int
 from wce.responses import JSON, error_parts, json_bytes, same_origin
 
 from .tenant import Tenant
@@ -107,15 +108,11 @@ class Call:
         return self.user
 
     def paging(self, maximum: int, default: int = 50) -> tuple[int, int | None]:
-        """`?limit=&before=` of a newest-first listing, checked (400 otherwise)."""
+        """`?limit=&before=` of a newest-first listing, range-checked (400 otherwise)."""
         args = dict(parse_qsl(self.req.query, keep_blank_values=True))
-        try:
-            limit = int(args.get("limit", default))
-            before = int(args["before"]) if "before" in args else None
-        except ValueError:
-            raise BadRequest("limit and before must be integers") from None
-        if not 1 <= limit <= maximum:
-            raise BadRequest(f"limit must be between 1 and {maximum}")
+        limit = parse_int(args["limit"], BadRequest(f"limit must be an integer from 1 to {maximum}"),
+                          lo=1, hi=maximum) if "limit" in args else default
+        before = parse_int(args["before"], BadRequest("before must be a 64-bit integer")) if "before" in args else None
         return limit, before
 
     @property
