@@ -1,11 +1,15 @@
 """`/{cenv}/api/...`: tables, rows, grants, policies, users, config, audit.
 
 Thin: each handler checks who is calling, parses the request and calls wce.core; every decision
-about rows is made by wce.core.rows with the tenant's compiled grants and policies.
+about rows is made by wce.core.rows with the tenant's compiled grants and policies. Handlers that
+run SQL a tenant wrote (policies, table definitions) run it under the cenv's CPU budget per
+request (`@budgeted`): past it the answer is 504, and the worker goes on serving.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -15,6 +19,7 @@ from wce.core.errors import BadRequest, NotFound
 from wce.core.permissions import Actor
 from wce.core.rows import Rows, parse_int, parse_query
 
+from . import limits
 from .http import Call, Reply, Router, json_reply
 from .offload import in_thread
 from .tenant import Tenant
@@ -29,6 +34,15 @@ def actor_of(call: Call) -> Actor:
 def require_admin(call: Call) -> accounts.User:
     """The admin calling, or 401 (anonymous) / 403 (anyone else)."""
     return call.require_admin()
+
+
+def budgeted(handler: Callable[[Call], Awaitable[Reply]]) -> Callable[[Call], Awaitable[Reply]]:
+    """The handler, its SQL stopped at the cenv's `cpu_ms_per_request` (limits.sql_budget: 504)."""
+    @functools.wraps(handler)
+    async def run(call: Call) -> Reply:
+        with limits.sql_budget(call.tenant.conn, int(call.tenant.settings["cpu_ms_per_request"])):
+            return await handler(call)
+    return run
 
 
 def _tenant_table(call: Call) -> tables.Table:
@@ -50,6 +64,7 @@ async def list_tables(call: Call) -> Reply:
     return json_reply({"tables": visible})
 
 
+@budgeted
 async def create_table(call: Call) -> Reply:
     """Create from a column list or from one CREATE TABLE / CREATE INDEX statement."""
     admin = require_admin(call)
@@ -96,6 +111,7 @@ def _rows(call: Call) -> Rows:
     return Rows(t.conn, t.guard, t.access, actor_of(call), call.client)
 
 
+@budgeted
 async def list_rows(call: Call) -> Reply:
     """A page of rows: filters, order, keyset cursor, full-text search."""
     table = _tenant_table(call)
@@ -104,12 +120,14 @@ async def list_rows(call: Call) -> Reply:
     return json_reply({"rows": rows, "next": nxt})
 
 
+@budgeted
 async def get_row(call: Call) -> Reply:
     """One row by key."""
     table = _tenant_table(call)
     return json_reply(_rows(call).get(table, call.params["pk"]))
 
 
+@budgeted
 async def insert_rows(call: Call) -> Reply:
     """One row (an object) or several (a list) in one transaction."""
     table = _tenant_table(call)
@@ -119,12 +137,14 @@ async def insert_rows(call: Call) -> Reply:
     return json_reply(stored if many else stored[0], status=201)
 
 
+@budgeted
 async def patch_row(call: Call) -> Reply:
     """Change some columns of one row."""
     table = _tenant_table(call)
     return json_reply(_rows(call).update(table, call.params["pk"], call.json_object()))
 
 
+@budgeted
 async def delete_row(call: Call) -> Reply:
     """Delete one row."""
     table = _tenant_table(call)

@@ -4,17 +4,25 @@
   a 64 MiB malloc arena, which would exhaust a 256 MiB address space with a handful of threads);
 - CPU: RLIMIT_CPU's soft limit kept, before each request, at "CPU used so far + this request's
   budget" (whole seconds: the kernel's resolution). SIGXCPU only sets a flag: raising from a signal
-  handler inside trio's machinery could corrupt it, so long-running code (Starlark) polls the flag,
-  and the gateway's hard deadline kills a worker stuck in C;
+  handler inside trio's machinery could corrupt it, so long-running code polls the flag (Starlark
+  and SQL, with the finer per-request check of over_budget), and the gateway's hard deadline kills
+  a worker stuck in C;
 - database size: PRAGMA max_page_count (in wce.core.db).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
 import signal
+import time
+from collections.abc import Callable, Iterator
 from types import FrameType
+
+import apsw
+
+from wce.core.errors import Timeout
 
 _cpu_exceeded = False
 _armed: tuple[int, float] | None = None  # (soft limit set, budget it was set for)
@@ -70,3 +78,37 @@ def arm_cpu(budget_ms: int) -> None:
 def cpu_exceeded() -> bool:
     """True once the current budget is spent."""
     return _cpu_exceeded
+
+
+SQL_PROGRESS_STEPS = 10_000  # SQLite instructions between two looks at the budget (tens of µs)
+_SQL_BUDGET = "wce.worker.limits.sql_budget"  # the progress handler's id: scripts' and renders' are others
+
+
+def over_budget(budget_ms: int) -> Callable[[], bool]:
+    """A check that turns true once work started now has used `budget_ms` of this thread's CPU,
+    three times that (at least one second more) of wall time, or the process its RLIMIT_CPU
+    budget (cpu_exceeded): the budget wce.worker.scripting.execute gives a script call, for SQL
+    that runs outside one."""
+    budget = budget_ms / 1000
+    cpu0, wall0 = time.thread_time(), time.monotonic()
+    wall_budget = max(budget * 3, budget + 1.0)
+
+    def over() -> bool:
+        return (_cpu_exceeded or time.thread_time() - cpu0 > budget
+                or time.monotonic() - wall0 > wall_budget)
+    return over
+
+
+@contextlib.contextmanager
+def sql_budget(conn: apsw.Connection, budget_ms: int) -> Iterator[None]:
+    """Run the block's SQL under a CPU budget of its own: SQLite's progress handler stops a
+    statement past it, and the block raises Timeout (504) instead of running until the gateway's
+    hard deadline kills the worker. Its handler has its own id, so a script's or a render's
+    budget inside the block keeps working."""
+    conn.set_progress_handler(over_budget(budget_ms), SQL_PROGRESS_STEPS, id=_SQL_BUDGET)
+    try:
+        yield
+    except apsw.InterruptError:
+        raise Timeout("the request's SQL ran past its CPU budget") from None
+    finally:
+        conn.set_progress_handler(None, id=_SQL_BUDGET)
