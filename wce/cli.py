@@ -38,6 +38,11 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forwarded-allow-ips", default=env_default("forwarded_allow_ips", d.forwarded_allow_ips),
                    help="comma-separated proxy addresses or CIDRs, 'unix' (a Unix-socket peer) or '*', whose "
                         "X-Forwarded-For/-Proto (or Forwarded) are trusted (WCE_FORWARDED_ALLOW_IPS); unset: none")
+    p.add_argument("--page-cache-mb", type=int, default=env_default("page_cache_mb", d.page_cache_mb),
+                   help="MiB of public pages each gateway process answers without a hop, all cenvs together, "
+                        "least recently used out first; a cenv fills at most a quarter (WCE_PAGE_CACHE_MB)")
+    p.add_argument("--send-timeout", type=float, default=env_default("send_timeout", d.send_timeout),
+                   help="seconds a client may take no byte of an answer before it is dropped (WCE_SEND_TIMEOUT)")
     p.add_argument("--access-log", default=env_default("access_log", d.access_log),
                    help="one JSON line per request: '-' for stderr, 'off', or a file (WCE_ACCESS_LOG)")
 

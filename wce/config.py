@@ -42,6 +42,11 @@ class ServerConfig:
     # peers whose X-Forwarded-For/-Proto (or Forwarded) are believed: "" none, "*" all, else IPs/CIDRs
     # and "unix" (a Unix-socket peer); parsed by wce.gateway.forwarded, which refuses a bad value
     forwarded_allow_ips: str = ""
+    # bytes of pushed public pages each gateway process keeps, all cenvs together (LRU; a cenv
+    # pushes at most a quarter of it); a page not held is answered by its worker. 0: none
+    page_cache_mb: int = 64
+    # seconds a client may take no byte of an answer the gateway is sending before it is dropped
+    send_timeout: float = 30.0
 
     @property
     def data_path(self) -> Path:
@@ -86,6 +91,7 @@ ENV = {
     "cpu_ms_per_request": "WCE_CPU_MS_PER_REQUEST", "max_db_mb": "WCE_MAX_DB_MB",
     "max_import_mb": "WCE_MAX_IMPORT_MB", "access_log": "WCE_ACCESS_LOG", "metrics_token": "WCE_METRICS_TOKEN",
     "gateways": "WCE_WORKERS", "cenv_domain": "WCE_CENV_DOMAIN", "forwarded_allow_ips": "WCE_FORWARDED_ALLOW_IPS",
+    "page_cache_mb": "WCE_PAGE_CACHE_MB", "send_timeout": "WCE_SEND_TIMEOUT",
 }
 SECRET_FIELDS = frozenset({"metrics_token"})
 

@@ -185,6 +185,48 @@ def test_nginx_configs_send_the_client_host_address_and_scheme() -> None:
     assert inner == [(["location", "/"], {("x-forwarded-proto", "$scheme")})]
 
 
+def nginx_buffering(text: str) -> list[tuple[list[str], str]]:
+    """Every block with `proxy_pass`: (its header, its `proxy_buffering`, set there or inherited from
+    an enclosing block, else nginx's default `on`)."""
+    found: list[tuple[list[str], str]] = []
+    stack: list[tuple[list[str], list[list[str]]]] = [([], [])]
+    words: list[str] = []
+    for token in NGINX_TOKEN.findall(text):
+        if token.startswith("#"):
+            continue
+        if token == ";":
+            stack[-1][1].append(words)
+            words = []
+        elif token == "{":
+            stack.append((words, []))
+            words = []
+        elif token == "}":
+            header, directives = stack.pop()
+            if any(d[0] == "proxy_pass" for d in directives):
+                value = next((d[1] for _, block in [(header, directives), *reversed(stack)]
+                              for d in block if d[0] == "proxy_buffering"), "on")
+                found.append((header, value))
+        else:
+            words.append(token)
+    return found
+
+
+def test_nginx_configs_buffer_answers_except_event_streams() -> None:
+    """Finding M3: with proxy_buffering off, a client that does not read holds a WCE connection (and
+    the answer) for as long as it likes; nginx must take answers at once, except event streams."""
+    cenv = "a" * 26
+    for name, text in shipped_nginx_configs().items():
+        blocks = nginx_buffering(text)
+        events = [h for h, value in blocks if value == "off"]
+        assert len(events) == 1 and events[0][:2] == ["location", "~"], (name, blocks)
+        assert all(value == "on" for h, value in blocks if h != events[0]), (name, blocks)
+        pattern = re.compile(events[0][2].strip("\"'"))
+        for path in (f"/{cenv}/api/events", "/api/events"):  # path mode; subdomain mode (the cenv's own host)
+            assert pattern.search(path), (name, path)
+        for path in (f"/{cenv}/api/rows", f"/{cenv}/api/events/x", f"/{cenv}/fn/api/events", "/new", f"/{cenv}/"):
+            assert not pattern.search(path), (name, path)
+
+
 def test_env_file_trusts_the_proxy_on_this_host() -> None:
     from wce.gateway.forwarded import trusted_proxies
 

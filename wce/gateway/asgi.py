@@ -274,6 +274,7 @@ class Gateway:
             # another gateway already (the worker pushes to all before it answers). Ask the worker.
             return False
         self.metrics.page_cache_result("hit")
+        worker.touch_page(page)
         if type(send) is _Outcome:
             send.pid = worker.pid
         for k, v in scope["headers"]:
@@ -342,17 +343,24 @@ class Gateway:
         client = scope.get("client")
         client_ip = client[0] if client else ""
         identity = None
+        unknown = None  # a token verified here but not kept yet: kept once the worker accepts its session
         if token is not None:
             try:
                 if not token:
                     raise Unauthenticated("malformed Authorization header")
-                claims = worker.tokens.verify(token)
+                claims = worker.tokens.cached(token)
+                if claims is None:
+                    claims = worker.tokens.verify(token)
+                    unknown = (token, claims)
                 identity = {"sub": claims.user_id, "jti": claims.session_id, "role": claims.role, "via": via}
+                if unknown is not None:
+                    identity["confirm"] = True  # the worker answers with a `session` Notice if it is live
             except Unauthenticated:
                 if via == "bearer":
                     raise
         try:
             exchange = await worker.send_request(
+                unknown,
                 cenv=cenv, method=scope["method"], path=rest,
                 query=scope.get("query_string", b"").decode("latin-1"),
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
@@ -365,42 +373,60 @@ class Gateway:
             raise
         return worker, exchange
 
+    def _headers(self, raw: proto.Headers) -> list[tuple[bytes, bytes]]:
+        headers = []
+        for k, v in raw:
+            if k == PAGE_CACHE_HEADER:
+                self.metrics.page_cache_result(v)
+            headers.append((k.encode("latin-1"), v.encode("latin-1")))
+        return headers
+
     async def _relay(self, send: Send, exchange: Any, first: proto.Message, receive: Receive) -> None:
         if isinstance(first, proto.Response):
-            headers = []
-            for k, v in first.headers:
-                if k == PAGE_CACHE_HEADER:
-                    self.metrics.page_cache_result(v)
-                headers.append((k.encode("latin-1"), v.encode("latin-1")))
+            headers = self._headers(first.headers)
             if first.status not in (204, 304):  # a known length: no chunked encoding, one write
                 headers.append((b"content-length", str(len(first.body)).encode()))
             await send({"type": "http.response.start", "status": first.status, "headers": headers})
             await send({"type": "http.response.body", "body": first.body})
         elif isinstance(first, proto.StreamStart):
-            await send({"type": "http.response.start", "status": first.status,
-                        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in first.headers]})
-            # hypercorn does not cancel an app whose client left, it only queues http.disconnect:
-            # watch for it, so that a stream nobody reads is cancelled (forward's finally sends Cancel)
-            gone = trio.Event()
-            with trio.CancelScope() as relaying:
+            await self._relay_stream(send, exchange, first, receive)
+        elif isinstance(first, proto.Error):
+            await send_error(send, _coded(first))
+
+    async def _relay_stream(self, send: Send, exchange: Any, first: proto.StreamStart, receive: Receive) -> None:
+        """Relay a streamed answer: an event stream (no size; ended when the server stops), or a
+        whole answer too large for one message (its size known). Each piece is read from the
+        worker only once the client's socket has taken the one before (`credit`): a client that
+        does not read holds at most proto.STREAM_WINDOW of it here, and is dropped by the
+        transport's send timeout."""
+        headers = self._headers(first.headers)
+        sized = first.size is not None
+        if sized:
+            headers.append((b"content-length", str(first.size).encode()))
+        await send({"type": "http.response.start", "status": first.status, "headers": headers})
+        # hypercorn does not cancel an app whose client left, it only queues http.disconnect:
+        # watch for it, so that a stream nobody reads is cancelled (forward's finally sends Cancel)
+        gone = trio.Event()
+        cut = False
+        with trio.CancelScope() as relaying:
+            if not sized:
                 self._streams.add(relaying)
                 if self._ending:
                     relaying.cancel()
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_cancel_on_disconnect, receive, relaying, gone)
-                        try:
-                            async for chunk in exchange.chunks():
-                                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                        except WorkerGone:
-                            pass  # the head is sent: all we can do is end the stream
-                        nursery.cancel_scope.cancel()
-                finally:
-                    self._streams.discard(relaying)
-            if not gone.is_set():
-                await send({"type": "http.response.body", "body": b""})
-        elif isinstance(first, proto.Error):
-            await send_error(send, _coded(first))
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_disconnect, receive, relaying, gone)
+                    try:
+                        async for chunk in exchange.chunks():
+                            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                            exchange.credit(len(chunk))
+                    except WorkerGone:
+                        cut = sized  # the head is sent: end an event stream; a sized answer is cut short
+                    nursery.cancel_scope.cancel()
+            finally:
+                self._streams.discard(relaying)
+        if not gone.is_set() and not cut:
+            await send({"type": "http.response.body", "body": b""})
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope, gone: trio.Event) -> None:

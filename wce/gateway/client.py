@@ -5,14 +5,19 @@ channel's writer task, run beside it, writes the requests of a scheduler batch i
 the connection breaks (the worker died), every exchange in flight fails: with NotSent if its
 request was never written (the HTTP layer sends it once more, to a new worker), else with
 WorkerGone, answered with 503.
+
+What a worker makes the gateway hold is bounded: its pushed public pages and the tokens its
+sessions use go into the gateway's shared byte budgets (wce.gateway.budget), and a streamed answer
+(events, or a large answer in pieces) runs at most proto.STREAM_WINDOW bytes ahead of what the
+client has taken: the relay sends a Credit for each piece once the client's socket has taken it.
 """
 
 from __future__ import annotations
 
 import signal
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -20,19 +25,29 @@ import trio
 from wce import proto
 from wce.proto.channel import MessageChannel
 
+from .budget import Budget
 from .tokens import TokenCache
 
-STREAM_BUFFER = 64
+STREAM_BUFFER = 64  # chunks of a stream queued for a client that reads too slowly: then it is dropped
+PAGE_CACHE_BYTES = 64 << 20  # the default budget for pushed pages (ServerConfig.page_cache_mb)
+PAGE_OVERHEAD = 512  # the objects around a cached page's bytes, roughly
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class CachedPage:
-    """A public page as its worker last pushed it: answered by the gateway without a hop."""
+    """A public page as its worker last pushed it: answered by the gateway without a hop. Hashed by
+    identity (the page Budget's LRU key)."""
 
     etag: str
     body: bytes
     headers: list[tuple[bytes, bytes]]
     headers_304: list[tuple[bytes, bytes]]
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds, as counted against the gateway's page budget."""
+        return (len(self.body) + PAGE_OVERHEAD + sum(len(k) + len(v) for k, v in self.headers)
+                + sum(len(k) + len(v) for k, v in self.headers_304))
 
 
 def _raw(headers: Any) -> list[tuple[bytes, bytes]]:
@@ -59,13 +74,14 @@ class Exchange:
     rest of the exchange did (gateway profile, 2026-11).
     """
 
-    __slots__ = ("client", "id", "end", "finished", "_queue", "_waiter", "_error")
+    __slots__ = ("client", "id", "end", "finished", "token", "_queue", "_waiter", "_error")
 
-    def __init__(self, client: WorkerClient, req_id: int, end: int) -> None:
+    def __init__(self, client: WorkerClient, req_id: int, end: int, token: tuple[str, Any] | None = None) -> None:
         self.client = client
         self.id = req_id
         self.end = end  # where the request's frame ends in the channel (see MessageChannel.flushed)
         self.finished = False
+        self.token = token  # (token, claims) to cache if the worker accepts the session
         self._queue: deque[proto.Message] = deque()
         self._waiter: trio.lowlevel.Task | None = None
         self._error: type[WorkerGone] | None = None
@@ -110,7 +126,8 @@ class Exchange:
         return msg  # type: ignore[return-value]
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body of a streamed answer."""
+        """The body of a streamed answer. Call `credit` for each piece once the client has it: the
+        worker sends more only then."""
         while True:
             msg = await self._next()
             if isinstance(msg, proto.StreamChunk):
@@ -118,6 +135,14 @@ class Exchange:
             else:
                 self.finished = True
                 return
+
+    def credit(self, size: int) -> None:
+        """The client has taken `size` more bytes of the stream: the worker may send as many more."""
+        if not self.finished:
+            try:
+                self.client.channel.send_nowait(proto.Credit(self.id, size))
+            except (proto.BrokenChannel, trio.ClosedResourceError):
+                pass  # the reader fails the exchange
 
     def close(self) -> None:
         """Done with the exchange. If the answer is not all in (the client went away, a stream was
@@ -131,12 +156,13 @@ class WorkerClient:
     """A live worker as the gateway sees it."""
 
     def __init__(self, cenv: str, pid: int, pidfd: int, channel: MessageChannel, secret: bytes,
-                 on_closing: Callable[[WorkerClient], None], on_lost: Callable[[WorkerClient], None]) -> None:
+                 on_closing: Callable[[WorkerClient], None], on_lost: Callable[[WorkerClient], None],
+                 page_budget: Budget | None = None, token_budget: Budget | None = None) -> None:
         self.cenv = cenv
         self.pid = pid
         self.pidfd = pidfd
         self.channel = channel
-        self.tokens = TokenCache(secret, cenv)
+        self.tokens = TokenCache(secret, cenv, token_budget)
         self.last_used = trio.current_time()
         self.closing = False
         self.exited = trio.Event()
@@ -149,22 +175,34 @@ class WorkerClient:
         self._lost = False  # the reader has ended: nothing more goes to or comes from this worker
         self._streams: set[int] = set()  # exchanges past StreamStart: open-ended, not "in flight"
         self.rate_limit = 0  # the worker enforces it; while set, its pages are not answered from cache
-        self.pages: dict[str, CachedPage] = {}  # public pages by path (the worker keeps them current)
+        # public pages by path (the worker keeps them current), as far as the page budget holds them
+        self.pages: dict[str, CachedPage] = {}
+        self.page_budget = page_budget if page_budget is not None else Budget(PAGE_CACHE_BYTES)
+        self.touch_page = self.page_budget.touch  # a page answered: it is the most recently used
 
     def apply_pages(self, data: dict[str, Any]) -> None:
-        """A pages Notice: replace (reset) or update the cached public pages."""
+        """A pages Notice: replace (reset, perhaps over several Notices) or update the cached public
+        pages. A page the budget cannot hold (it evicts the least recently used pages of every cenv
+        first) is not cached: its worker answers it."""
+        budget = self.page_budget
         if data.get("reset"):
-            self.pages = {}
+            budget.release(self.pages)
         for p in data.get("pages", ()):
             try:
                 path = p["path"]
                 if p.get("drop"):
-                    self.pages.pop(path, None)
+                    budget.discard(self.pages, path)
                 else:
                     headers = [*_raw(p["headers"]), (b"content-length", str(len(p["body"])).encode())]
-                    self.pages[path] = CachedPage(p["etag"], p["body"], headers, _raw(p["headers_304"]))
+                    page = CachedPage(p["etag"], p["body"], headers, _raw(p["headers_304"]))
+                    budget.put(self.pages, path, page, page.size)
             except (KeyError, TypeError):
                 continue  # a malformed entry is skipped; the worker still answers that path
+
+    def release(self) -> None:
+        """Give back what this worker's pages and tokens hold (the connection ended)."""
+        self.page_budget.release(self.pages)
+        self.tokens.clear()
 
     def apply_settings(self, settings: dict[str, Any]) -> None:
         """Settings of this cenv the gateway must know (from Hello, then from Notices)."""
@@ -177,12 +215,14 @@ class WorkerClient:
         """Requests sent and not yet answered in full."""
         return len(self._waiters)
 
-    async def send_request(self, **fields: Any) -> Exchange:
+    async def send_request(self, token: tuple[str, Any] | None = None, **fields: Any) -> Exchange:
         """Send a Request (fields as in proto.Request, without id); WorkerGone if the link is down.
 
         The request is queued for the channel's writer (run by `run_reader`), which writes every
         request of a scheduler batch at once. If the connection breaks before it is written, the
-        exchange fails with NotSent, and the caller may send it to a new worker.
+        exchange fails with NotSent, and the caller may send it to a new worker. `token` is a
+        (token, claims) pair the gateway verified but does not keep yet: kept if the worker answers
+        that the request's session is live (its identity then asks, with `confirm`).
         """
         if self._lost:
             raise NotSent
@@ -192,7 +232,7 @@ class WorkerClient:
             end = self.channel.send_nowait(proto.Request(id=req_id, **fields))
         except (proto.BrokenChannel, trio.ClosedResourceError):
             raise NotSent from None
-        exchange = self._waiters[req_id] = Exchange(self, req_id, end)
+        exchange = self._waiters[req_id] = Exchange(self, req_id, end, token)
         if self.idle.is_set():
             self.idle = trio.Event()
         self.last_used = trio.current_time()
@@ -237,6 +277,7 @@ class WorkerClient:
                 for exchange in list(self._waiters.values()):
                     self._forget(exchange.id)
                     exchange._fail(NotSent if exchange.end > flushed else WorkerGone)
+                self.release()
                 self._on_lost(self)
 
     async def _route(self) -> None:
@@ -256,21 +297,31 @@ class WorkerClient:
                     if not exchange._deliver(msg):  # a stream whose client reads too slowly: drop it
                         exchange._fail(WorkerGone)
                         self._cancel(exchange.id)
-                    elif kind is proto.StreamStart:  # a graceful stop need not wait for it (the worker ends it)
-                        self._streams.add(exchange.id)
+                    elif kind is proto.StreamStart and msg.size is None:  # type: ignore[union-attr]
+                        self._streams.add(exchange.id)  # open-ended: a graceful stop need not wait (the worker ends it)
                         self._check_idle()
                     elif kind is proto.StreamEnd:
                         self._forget(exchange.id)
                 elif kind is proto.Closing:
                     self.closing = True
+                    self.page_budget.release(self.pages)  # never answered from again (Supervisor.live)
                     self._on_closing(self)
                 elif kind is proto.Notice:
-                    if msg.topic == "settings":  # type: ignore[union-attr]
+                    if msg.topic == "session":  # type: ignore[union-attr]
+                        self._accepted(msg.data.get("id"))  # type: ignore[union-attr]
+                    elif msg.topic == "settings":  # type: ignore[union-attr]
                         self.apply_settings(msg.data)  # type: ignore[union-attr]
-                    elif msg.topic == "pages":  # type: ignore[union-attr]
+                    elif msg.topic == "pages" and not self.closing:  # type: ignore[union-attr]
                         self.apply_pages(msg.data)  # type: ignore[union-attr]
         except (proto.ProtocolError, proto.BrokenChannel, trio.ClosedResourceError):
             pass
+
+    def _accepted(self, req_id: Any) -> None:
+        """The worker found the session of request `req_id` live: keep the token it came with."""
+        exchange = self._waiters.get(req_id) if type(req_id) is int else None
+        if exchange is not None and exchange.token is not None:
+            self.tokens.add(*exchange.token)
+            exchange.token = None
 
     async def aclose(self) -> None:
         """Close the connection (the worker exits once all its gateways have closed)."""

@@ -13,7 +13,7 @@ import fcntl
 import os
 import signal
 import sys
-
+from functools import partial
 from time import time
 from wsgiref.handlers import format_date_time
 
@@ -87,7 +87,8 @@ async def _serve(config: ServerConfig, forkserver: ForkServer, listen_fd: int | 
         nursery.start_soon(on_signals)
         async with trio.open_nursery() as http:
             # hypercorn's protocol layer on our lean trio transport; WCE_STOCK_TRANSPORT=1: hypercorn's own, to compare
-            serve_http = hypercorn_serve if os.environ.get("WCE_STOCK_TRANSPORT") == "1" else lean_serve
+            serve_http = (hypercorn_serve if os.environ.get("WCE_STOCK_TRANSPORT") == "1"
+                          else partial(lean_serve, send_timeout=config.send_timeout))
             binds = await http.start(lambda task_status: serve_http(
                 app, hypercorn_config(config, listen_fd), shutdown_trigger=shutdown.wait, task_status=task_status))  # type: ignore[arg-type]
             print(f"wce: listening on {' '.join(binds)} (data: {config.data_path})", flush=True)

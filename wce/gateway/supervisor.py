@@ -20,8 +20,10 @@ from wce.core.errors import NotFound, Unavailable
 from wce.core.ids import path_for
 from wce.proto.channel import MessageChannel
 
+from .budget import Budget
 from .client import WorkerClient
 from .forkserver import ForkServer
+from .tokens import CACHE_BYTES
 
 HELLO_TIMEOUT = 10.0
 START_ATTEMPTS = 3
@@ -50,6 +52,9 @@ class Supervisor:
         self._stopping: dict[str, WorkerClient] = {}
         self.events: Counter[str] = Counter()
         self._lost: set[str] = set()  # cenvs whose worker died or was killed: their next start is a restart
+        # what all cenvs together may make this gateway process hold (wce.gateway.budget)
+        self.page_budget = Budget(config.page_cache_mb << 20)
+        self.token_budget = Budget(CACHE_BYTES)
         self._closed = False
 
     def statistics(self) -> SupervisorStatistics:
@@ -138,7 +143,7 @@ class Supervisor:
             if new:
                 self.events["restarted"] += 1
         w = WorkerClient(cenv, pid, pidfd, channel, hello.info["secret"], self._worker_closing,
-                         self.connection_lost)
+                         self.connection_lost, self.page_budget, self.token_budget)
         settings = hello.info.get("settings")
         if isinstance(settings, dict):
             w.apply_settings(settings)

@@ -20,8 +20,9 @@ the per-request app task, lifespan, `Config`) and replaces only that glue:
   One task per worker (`ConnectionSet.close_idle_at_shutdown`) waits for `context.terminated` and
   ends the reads of idle connections, as hypercorn's idle tasks do at shutdown;
 * eager writes: with no write in progress, `os.write` on the socket. What the kernel does not take
-  goes through the lock and a shielded `send_all`, so a slow reader pushes back exactly as before.
-  Empty writes are skipped. After 64 KiB of eager writes (each counted as its size + 1 KiB) the
+  is written under the lock, shielded, as the socket takes it, so a slow reader pushes back exactly
+  as before; a client that takes no byte for `send_timeout` seconds is dropped (its socket closed:
+  the app's sends end, it sees `http.disconnect`). Empty writes are skipped. After 64 KiB of eager writes (each counted as its size + 1 KiB) the
   writer yields once, so a task streaming to a fast reader cannot starve the others.
 
 Semantics kept, each checked against both servers in tests/gateway/test_transport.py: keep-alive
@@ -123,16 +124,19 @@ class TransportStatistics:
     connections: int  # open connections
     idle: int  # of which waiting for their next request
     partial_writes: int  # writes the kernel did not take at once, finished under backpressure (total)
+    send_timeouts: int  # connections dropped because their client took nothing for send_timeout (total)
 
 
 class ConnectionSet:
     """One worker's live connections: shutdown closes the idle ones at once and, when the grace
     period is over, aborts what is left."""
 
-    def __init__(self) -> None:
+    def __init__(self, send_timeout: float = inf) -> None:
         self._live: set[LeanTCPServer] = set()
         self._changed: trio.Event | None = None  # set on every departure once shutdown has begun
+        self.send_timeout = send_timeout  # seconds a client may take no byte of a pending write
         self.partial_writes = 0
+        self.send_timeouts = 0
 
     def add(self, connection: LeanTCPServer) -> None:
         self._live.add(connection)
@@ -159,7 +163,8 @@ class ConnectionSet:
                 connection.abort()
 
     def statistics(self) -> TransportStatistics:
-        return TransportStatistics(len(self._live), sum(c.idle for c in self._live), self.partial_writes)
+        return TransportStatistics(len(self._live), sum(c.idle for c in self._live), self.partial_writes,
+                                   self.send_timeouts)
 
 
 class LeanTCPServer(TCPServer):
@@ -274,8 +279,10 @@ class LeanTCPServer(TCPServer):
             if sent < len(data):
                 self._connections.partial_writes += 1
                 self._unyielded = 0
-                with trio.CancelScope(shield=True):
-                    await self.stream.send_all(memoryview(data)[sent:] if sent else data)
+                if not await self._write_rest(memoryview(data)[sent:]):
+                    self._connections.send_timeouts += 1
+                    self.abort()
+                    await self.protocol.handle(Closed())
                 return
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             await self.protocol.handle(Closed())
@@ -288,6 +295,26 @@ class LeanTCPServer(TCPServer):
             self._unyielded = 0
             await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def _write_rest(self, view: memoryview) -> bool:
+        """Write what the kernel did not take at once, as the socket takes it. Shielded (a write cut
+        short by a cancellation would tear the response), but only while the client takes bytes:
+        False once it took none for `send_timeout` seconds."""
+        timeout = self._connections.send_timeout
+        fileno = self._fileno
+        with trio.CancelScope(shield=True):
+            while view:
+                with trio.move_on_after(timeout) as waiting:
+                    if fileno() < 0:
+                        raise trio.ClosedResourceError
+                    await trio.lowlevel.wait_writable(fileno())
+                if waiting.cancelled_caught:
+                    return False
+                try:
+                    view = view[os.write(fileno(), view):]
+                except BlockingIOError:
+                    pass
+        return True
+
 
 async def serve(
     app: Framework,
@@ -297,15 +324,17 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     mode: Literal["asgi", "wsgi"] | None = None,
     connections: ConnectionSet | None = None,
+    send_timeout: float = inf,
 ) -> None:
     """`hypercorn.trio.serve` on the lean transport: same arguments, same `task_status` value (the
-    bound URLs), same shutdown. `connections` is for tests and statistics. With TLS configured this
+    bound URLs), same shutdown. `connections` is for tests and statistics; `send_timeout` (seconds
+    a client may take no byte of a pending write) is its when it is not given. With TLS configured this
     is hypercorn's own server. Like hypercorn's `serve`, process settings (workers, reload) are
     ignored."""
     if config.ssl_enabled:
         await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown_trigger, task_status=task_status, mode=mode)
         return
-    await _worker_serve(wrap_app(app, config.wsgi_max_body_size, mode), config, connections or ConnectionSet(),
+    await _worker_serve(wrap_app(app, config.wsgi_max_body_size, mode), config, connections or ConnectionSet(send_timeout),
                         shutdown_trigger, task_status)
 
 

@@ -17,7 +17,9 @@ from .errors import (
 from .framing import MAX_FRAME, FrameDecoder, frame
 from .messages import (
     PROTOCOL_VERSION,
+    STREAM_WINDOW,
     Cancel,
+    Credit,
     Closing,
     Error,
     Hello,
@@ -32,7 +34,8 @@ from .messages import (
 )
 
 __all__ = [
-    "MAX_FRAME", "PROTOCOL_VERSION", "BrokenChannel", "Cancel", "Closing", "DecodeError", "EncodeError",
+    "MAX_FRAME", "PROTOCOL_VERSION", "STREAM_WINDOW", "BrokenChannel", "Cancel", "Closing", "Credit", "DecodeError",
+    "EncodeError",
     "Error", "FrameDecoder", "FrameTooLarge", "Hello", "Message", "Notice", "ProtocolError", "Request", "Response",
     "Shutdown", "StreamChunk", "StreamEnd", "StreamStart", "TornFrame", "UnknownKind", "VersionMismatch",
     "decode", "encode", "frame",

@@ -9,10 +9,16 @@ Conversation on one connection (the gateway speaks first):
     gateway -> Hello(version, "gateway", {})      worker -> Hello(version, "worker", {pid, ...})
     gateway -> Request(id=1) ...                  worker -> Response(id=1) | Error(id=1) |
                                                             StreamStart(id=1) StreamChunk* StreamEnd
+    gateway -> Credit(id, size) the gateway has passed `size` more bytes of a stream on to its client
     gateway -> Cancel(id)       the client of a stream went away
     gateway -> Shutdown()       finish what is in flight, then exit when every connection closed
     worker  -> Closing(reason)  the worker is going away (idle, shutdown); send it nothing new
-    worker  -> Notice(topic, data)  settings the gateway enforces have changed
+    worker  -> Notice(topic, data)  settings the gateway enforces have changed, public pages, a
+                                    session the worker accepted
+
+Flow control: a streamed answer (events, or a whole answer too large for one Response, sent in
+pieces with its `size`) may run at most STREAM_WINDOW bytes ahead of the Credits its gateway sent,
+so a gateway holds no more than that of an answer its client does not read.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ from typing import Any, ClassVar
 
 from .errors import DecodeError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+
+STREAM_WINDOW = 512 * 1024
+"""Bytes of a stream's chunks a worker may send beyond what the gateway has credited."""
 
 Headers = list[tuple[str, str]]
 
@@ -112,17 +121,21 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class StreamStart:
-    """The head of a streamed response (Server-Sent Events); chunks follow until StreamEnd."""
+    """The head of a streamed response; chunks follow until StreamEnd. `size` is the body's length
+    when it is known (a whole answer sent in pieces: exactly that many bytes follow), None for an
+    open-ended stream (Server-Sent Events)."""
 
     KIND: ClassVar[int] = 4
     id: int
     status: int
     headers: Headers
+    size: int | None = None
 
     def __post_init__(self) -> None:
         _check_id(self.id, "StreamStart")
         _check(type(self.status) is int and 100 <= self.status <= 599, "StreamStart: bad status")
         _check_headers(self.headers, "StreamStart")
+        _check(self.size is None or (type(self.size) is int and 0 <= self.size < 2**63), "StreamStart: bad size")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +206,24 @@ class Closing:
 
 
 @dataclass(frozen=True, slots=True)
+class Credit:
+    """The gateway has passed `size` more bytes of stream `id` on to its client: the worker may send
+    that much more (see STREAM_WINDOW)."""
+
+    KIND: ClassVar[int] = 12
+    id: int
+    size: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "Credit")
+        _check(type(self.size) is int and 0 <= self.size < 2**63, "Credit: size must be a non-negative int")
+
+
+@dataclass(frozen=True, slots=True)
 class Notice:
     """Worker to gateway: something the gateway enforces changed (`topic` 'settings': the cenv's
-    rate limit...)."""
+    rate limit...; 'pages': public pages to answer without a hop; 'session': the session of request
+    `data["id"]` is live, so the gateway may keep its token as verified)."""
 
     KIND: ClassVar[int] = 11
     topic: str
@@ -205,9 +233,11 @@ class Notice:
         _check(isinstance(self.topic, str) and isinstance(self.data, dict), "Notice: topic and data")
 
 
-Message = Hello | Request | Response | StreamStart | StreamChunk | StreamEnd | Error | Cancel | Shutdown | Closing | Notice
+Message = (Hello | Request | Response | StreamStart | StreamChunk | StreamEnd | Error | Cancel | Shutdown | Closing | Notice
+           | Credit)
 
 KINDS: dict[int, type[Message]] = {
     cls.KIND: cls  # type: ignore[misc]
-    for cls in (Hello, Request, Response, StreamStart, StreamChunk, StreamEnd, Error, Cancel, Shutdown, Closing, Notice)
+    for cls in (Hello, Request, Response, StreamStart, StreamChunk, StreamEnd, Error, Cancel, Shutdown, Closing, Notice,
+                Credit)
 }

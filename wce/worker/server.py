@@ -27,6 +27,7 @@ from wce import proto
 from wce.proto.channel import MessageChannel
 from wce.config import ServerConfig
 from wce.core import db
+from wce.core.errors import WceError
 from wce.core.ids import path_for
 
 from . import app, limits
@@ -36,7 +37,36 @@ from .tenant import Tenant
 
 HELLO_TIMEOUT = 10.0
 PUSH_MAX = 1 << 20  # public pages up to this size are pushed to gateways, which serve them directly
+PUSH_SHARE = 4  # a cenv pushes at most this fraction (1/4) of a gateway's page budget
+PAGE_OVERHEAD = 1024  # a pushed page's headers and objects, roughly, besides its body
+NOTICE_BYTES = 4 << 20  # pages per Notice: a reset of any size goes in pieces far under the frame limit
+INLINE_MAX = 256 << 10  # answers up to this size go in one Response; larger ones in pieces
+PIECE = 128 << 10  # the pieces of a larger answer
+MAX_ANSWER = proto.MAX_FRAME  # a larger answer is refused (500): the limit one frame used to set
 DRAIN_TIMEOUT = 30.0
+
+
+class Window:
+    """How far a streamed answer may run ahead of what its gateway has passed on to the client
+    (proto.Credit): at most proto.STREAM_WINDOW bytes, or one piece when nothing is outstanding."""
+
+    __slots__ = ("open", "_event")
+
+    def __init__(self) -> None:
+        self.open = proto.STREAM_WINDOW
+        self._event = trio.Event()
+
+    def grant(self, size: int) -> None:
+        """The gateway passed `size` more bytes on."""
+        self.open += size
+        self._event.set()
+
+    async def wait_open(self, size: int) -> None:
+        """Return once `size` more bytes may go (and count them as gone)."""
+        while size > self.open and self.open < proto.STREAM_WINDOW:
+            self._event = trio.Event()
+            await self._event.wait()
+        self.open -= size
 
 
 class Worker:
@@ -55,24 +85,43 @@ class Worker:
         tenant.notify = self.broadcast
         self._pushed: dict[str, str] = {}  # public page path -> etag, as every gateway has them
         self._pushed_version = -1
+        self.push_budget = (config.page_cache_mb << 20) // PUSH_SHARE  # bytes of pages this cenv pushes
+        self.windows: dict[tuple[MessageChannel, int], Window] = {}  # streamed answers' flow control
         self.socket_name: tuple[Path, int] | None = None  # (path, inode) the fork server bound for us
 
     def _public_pages(self) -> dict[str, Any]:
+        """The public pages gateways should answer: rendered, each up to PUSH_MAX, and together
+        within this cenv's share of a gateway's page budget (taken in page order, so a new page
+        does not push out older ones). The others are answered by this worker."""
         rc = self.tenant.render_cache
         out = {}
+        room = self.push_budget
         for page in list(rc.pages.values()):
             if page.access == "public":
                 e = rc.current(page)  # a stale page is pushed once a request has rendered it
                 if e is not None and e.access == "public" and len(e.body) <= PUSH_MAX:
-                    out[page.path] = e
+                    size = len(e.body) + PAGE_OVERHEAD
+                    if size <= room:
+                        out[page.path] = e
+                        room -= size
         return out
 
-    def _pages_notice(self, entries: dict[str, Any], dropped: list[str], reset: bool = False) -> proto.Notice:
+    def _pages_notices(self, entries: dict[str, Any], dropped: list[str], reset: bool = False) -> list[proto.Notice]:
+        """The pages Notices for these changes, each with at most NOTICE_BYTES of pages (one frame
+        must never exceed the limit: finding L3); only the first resets."""
+        notices: list[proto.Notice] = []
         pages: list[dict[str, Any]] = [{"path": path, "drop": True} for path in dropped]
+        size = 0
         for path, e in entries.items():
+            if pages and size + len(e.body) > NOTICE_BYTES:
+                notices.append(proto.Notice("pages", {"reset": reset and not notices, "pages": pages}))
+                pages, size = [], 0
             pages.append({"path": path, "etag": e.etag, "body": e.body,
                           "headers": page_headers(e, "public"), "headers_304": not_modified_headers(e, "public")})
-        return proto.Notice("pages", {"reset": reset, "pages": pages})
+            size += len(e.body) + PAGE_OVERHEAD
+        if pages or not notices:
+            notices.append(proto.Notice("pages", {"reset": reset and not notices, "pages": pages}))
+        return notices
 
     async def push_pages(self) -> None:
         """After any commit, send gateways the public pages that changed (and those that went), before
@@ -88,7 +137,8 @@ class Worker:
         if not changed and not dropped:
             return
         self._pushed = {p: e.etag for p, e in current.items()}
-        await self._to_all(self._pages_notice(changed, dropped))
+        for notice in self._pages_notices(changed, dropped):
+            await self._to_all(notice)
 
     async def broadcast(self, topic: str, data: dict[str, Any]) -> None:
         """Send a Notice to every connected gateway."""
@@ -162,13 +212,17 @@ class Worker:
                 try:
                     # a peer may leave at any moment, even before these: that ends its connection only
                     await self.push_pages()  # bring the other gateways up to date first
-                    await ch.send_soon(self._pages_notice(self._public_pages(), [], reset=True))
+                    for notice in self._pages_notices(self._public_pages(), [], reset=True):
+                        await ch.send_soon(notice)
                     if self.closing:
                         await ch.send_soon(proto.Closing(self.closing))
                     async for msg in ch:
                         if isinstance(msg, proto.Request):
                             scope = scopes[msg.id] = trio.CancelScope()
                             nursery.start_soon(self.run_request, ch, msg, scope, scopes)
+                        elif isinstance(msg, proto.Credit):
+                            if (w := self.windows.get((ch, msg.id))) is not None:
+                                w.grant(msg.size)
                         elif isinstance(msg, proto.Cancel):
                             if (s := scopes.get(msg.id)) is not None:
                                 s.cancel()
@@ -192,14 +246,12 @@ class Worker:
                 limits.arm_cpu(int(self.tenant.settings["cpu_ms_per_request"]))
                 resp = await app.handle(self.tenant, req)
                 await self.push_pages()
+                if req.identity is not None and req.identity.get("confirm") and self._session_live(req.identity):
+                    ch.send_nowait(proto.Notice("session", {"id": req.id}))  # the gateway may keep the token
                 if isinstance(resp, StreamReply):
                     await self.send_stream(ch, req.id, resp)
                     return
-                try:
-                    await ch.send_soon(resp)
-                except proto.EncodeError:
-                    traceback.print_exc()
-                    await ch.send_soon(proto.Error(req.id, "internal", "internal error"))
+                await self.send_answer(ch, req, resp)
                 if self.tenant.retire_after_reply:  # a script blew the memory cap: start afresh
                     await self.begin_closing("memory")
         except (proto.BrokenChannel, trio.ClosedResourceError):
@@ -209,6 +261,43 @@ class Worker:
             self.inflight -= 1
             self.last_active = trio.current_time()
 
+    def _session_live(self, identity: dict[str, Any]) -> bool:
+        """Whether the session a request's verified token names is live (asked after the request,
+        from the session cache: no second query)."""
+        try:
+            return self.tenant.identify(identity) is not None
+        except WceError:
+            return False
+
+    async def send_answer(self, ch: MessageChannel, req: proto.Request, resp: proto.Response) -> None:
+        """A whole answer: in one Response up to INLINE_MAX; larger, in pieces the gateway takes as
+        fast as its client does (StreamStart with the size, StreamChunks within the Credits it
+        sends, StreamEnd), so no gateway holds a large answer for a client that does not read;
+        over MAX_ANSWER, an error."""
+        size = len(resp.body)
+        if size <= INLINE_MAX:
+            try:
+                await ch.send_soon(resp)
+            except proto.EncodeError:
+                traceback.print_exc()
+                await ch.send_soon(proto.Error(req.id, "internal", "internal error"))
+            return
+        if size > MAX_ANSWER:
+            print(f"wce worker {self.tenant.cenv_id}: the answer to {req.method} {req.path} has {size} bytes, "
+                  f"over the limit of {MAX_ANSWER}", file=sys.stderr)
+            await ch.send_soon(proto.Error(req.id, "internal", f"the answer is larger than {MAX_ANSWER >> 20} MiB"))
+            return
+        window = self.windows[(ch, req.id)] = Window()
+        try:
+            await ch.send_soon(proto.StreamStart(req.id, resp.status, resp.headers, size))
+            for i in range(0, size, PIECE):
+                piece = resp.body[i:i + PIECE]
+                await window.wait_open(len(piece))  # a Cancel from the gateway ends the wait
+                await ch.send_soon(proto.StreamChunk(req.id, piece))  # queued whole: never half a frame
+            await ch.send_soon(proto.StreamEnd(req.id))
+        finally:
+            del self.windows[(ch, req.id)]
+
     async def send_stream(self, ch: MessageChannel, req_id: int, reply: StreamReply) -> None:
         """Send a streamed answer: StreamStart, a StreamChunk per piece, StreamEnd.
 
@@ -217,6 +306,7 @@ class Worker:
         request's scope instead: nothing more is sent. Either way the stream is closed. Each frame
         is sent shielded, so a cancellation never leaves half a frame on the connection.
         """
+        window = self.windows[(ch, req_id)] = Window()
         try:
             with trio.CancelScope(shield=True):
                 await ch.send(proto.StreamStart(req_id, reply.status, reply.headers))
@@ -227,6 +317,7 @@ class Worker:
                 try:
                     async with contextlib.aclosing(reply.stream.chunks()) as chunks:  # type: ignore[type-var]
                         async for data in chunks:
+                            await window.wait_open(len(data))  # the gateway's client has taken enough
                             with trio.CancelScope(shield=True):
                                 await ch.send(proto.StreamChunk(req_id, data))
                 finally:
@@ -234,6 +325,7 @@ class Worker:
             with trio.CancelScope(shield=True):
                 await ch.send(proto.StreamEnd(req_id))
         finally:
+            del self.windows[(ch, req_id)]
             reply.stream.close()
 
     async def watch_idle(self) -> None:
