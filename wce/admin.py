@@ -10,8 +10,12 @@ Passwords come from the prompt or the first line of stdin, never from the comman
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import getpass
 import json
+import os
+import signal
 import socket
 import sys
 import time
@@ -55,6 +59,9 @@ def add_parsers(sub: Any) -> None:
     de = sub.add_parser("delete", help="delete a cenv (asks first)")
     de.add_argument("cenv")
     de.add_argument("--yes", action="store_true", help="do not ask")
+    de.add_argument("--wait", type=float, default=STOP_TIMEOUT, metavar="SECONDS",
+                    help=f"how long a live worker may take to finish what it is doing before it is killed"
+                         f" (default {STOP_TIMEOUT:g})")
     ca = sub.add_parser("caps", help="show a cenv's resource caps, or set exceptions to the server's ceilings")
     ca.add_argument("cenv")
     ca.add_argument("--memory-mb", type=int, help="address space of the cenv's worker, raised or lowered")
@@ -243,7 +250,7 @@ def cmd_delete(data: Path, args: argparse.Namespace) -> int:
         if answer.strip() != args.cenv:
             raise CommandError("not confirmed; nothing deleted")
     run_dir = ServerConfig(data=str(data)).runtime_path
-    backup.delete(data, args.cenv, lambda: stop_worker(run_dir, args.cenv))
+    backup.delete(data, args.cenv, lambda: no_worker(run_dir, args.cenv, args.wait))
     print(f"deleted {args.cenv}", file=sys.stderr)
     return 0
 
@@ -306,39 +313,149 @@ def _server_ceilings(data: Path) -> tuple[dict[str, int], str]:
 
 def stop_worker(run_dir: Path, cenv: str, timeout: float = STOP_TIMEOUT) -> bool:
     """Ask the cenv's live worker, if any, to finish what is in flight and exit; wait for it.
+    True if one was stopped (see _ask_to_stop). A successor may start at once: for `wce caps`,
+    whose new caps only a new worker runs under; `delete` uses no_worker."""
+    pid = _ask_to_stop(run_dir / f"{cenv}.sock", 5.0)
+    if pid is None:
+        return False
+    deadline = time.monotonic() + timeout
+    while pid and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def _ask_to_stop(path: Path, timeout: float) -> int | None:
+    """Ask the worker listening at path to stop: its pid (0 if it did not say), or None if none
+    answered within `timeout` seconds at each step.
 
     Speaks the worker's own protocol on its socket, as a gateway would: Hello, then Shutdown, then
     reads until the worker answers Closing. Hanging up sooner can lose the Shutdown: the worker's
     first write to us (the pages it pushes to every new connection) then fails, and it drops the
-    connection unread. The worker tells every gateway it is closing, so they send it nothing new.
-    True if one was stopped.
+    connection unread. The worker tells every gateway it is closing, so they send it nothing new,
+    and exits once each of them has hung up.
     """
     from . import proto
 
-    path = run_dir / f"{cenv}.sock"
     if not path.exists():
-        return False
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(5)
+    sock.settimeout(max(timeout, 0.1))
     try:
         sock.connect(str(path))
         sock.sendall(proto.frame(proto.encode(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {"client": "wce-admin"}))))
         reader = _Reader(sock)
         hello = reader.receive()
         if not isinstance(hello, proto.Hello):
-            return False
+            return None
         pid = int(hello.info.get("pid", 0))
         sock.sendall(proto.frame(proto.encode(proto.Shutdown())))
         while not isinstance(reader.receive(), proto.Closing):
             pass
     except (OSError, proto.ProtocolError):
-        return False
+        return None
     finally:
         sock.close()
-    deadline = time.monotonic() + timeout
-    while pid and _alive(pid) and time.monotonic() < deadline:
+    return pid
+
+
+KILL_TIMEOUT = 10.0
+
+
+@contextlib.contextmanager
+def no_worker(run_dir: Path, cenv: str, wait: float = STOP_TIMEOUT) -> Iterator[None]:
+    """Inside: no worker of the cenv is running, and none can begin (for `delete`, once the file
+    is renamed away, so that any worker started later finds nothing to open).
+
+    Each worker holds the cenv's lock (`{run}/{ID}.lock`, wce.worker.server.lock_cenv) for its
+    whole life, the kernel drops it when it exits, and a successor takes it before it opens the
+    file: so we hold it, here. While it is taken, every live worker found under the cenv's socket
+    name is asked to stop (it finishes what is in flight, tells every gateway, and exits once each
+    has hung up: no gateway answers for the cenv after that). One still running after `wait`
+    seconds is killed. CommandError if the lock stays taken even so.
+    """
+    if not run_dir.is_dir():  # no server has run on this folder: no worker either
+        yield
+        return
+    lock = run_dir / f"{cenv}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        if not _try_lock(fd):
+            print(f"waiting for the live worker of {cenv} to stop (killed after {wait:g} s)", file=sys.stderr,
+                  flush=True)
+            _wait_for_lock(fd, lock, run_dir / f"{cenv}.sock", wait)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _wait_for_lock(fd: int, lock: Path, sock: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    asked: set[int] = set()  # inodes of the socket names whose worker was asked already
+    while not _try_lock(fd):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            ino = os.stat(sock).st_ino
+        except OSError:
+            ino = None
+        if ino is not None and ino not in asked:  # a worker (or a successor waiting for the lock)
+            asked.add(ino)
+            _ask_to_stop(sock, left)
+        else:
+            time.sleep(0.02)
+    else:
+        return
+    deadline = time.monotonic() + KILL_TIMEOUT
+    while not _try_lock(fd):
+        if time.monotonic() > deadline:
+            raise CommandError(f"a worker still holds {lock} after it was killed")
+        _kill_holders(lock)
         time.sleep(0.05)
-    return True
+    print(f"the worker of {lock.stem} did not stop in time; it was killed", file=sys.stderr)
+
+
+def _kill_holders(lock: Path) -> None:
+    """SIGKILL every other process that has the lock file open (the worker, and any child it
+    forked, which shares its lock): found through /proc, signalled through a pidfd, so that a pid
+    reused in between is never hit."""
+    try:
+        target = os.stat(lock)
+    except OSError:
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            pidfd = os.pidfd_open(int(entry))
+        except OSError:
+            continue
+        try:
+            if _has_open(int(entry), target):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(pidfd)
+
+
+def _has_open(pid: int, target: os.stat_result) -> bool:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
 
 
 class _Reader:

@@ -24,6 +24,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -342,10 +343,13 @@ def import_file(data_dir: str | os.PathLike[str], src: str | os.PathLike[str], c
         _cleanup(tmp)
 
 
-def delete(data_dir: str | os.PathLike[str], cenv_id: str, stop_worker: Callable[[], None] | None = None) -> None:
-    """Remove a cenv. Its file is first renamed away, so no new worker can start on it; then
-    `stop_worker` stops a live one (its open files keep it consistent until it exits); then the
-    file, its WAL and shared-memory files are unlinked."""
+def delete(data_dir: str | os.PathLike[str], cenv_id: str,
+           no_worker: Callable[[], AbstractContextManager[object]] | None = None) -> None:
+    """Remove a cenv. Its file is first renamed away, so no new worker can open it; then, inside
+    `no_worker()` (entered once no worker of the cenv is left, and keeping it so: the CLI holds
+    the cenv's lock there), the file, its WAL and shared-memory files are unlinked. No write is
+    acknowledged into an unlinked file: the last worker answered everything before it exited. If
+    `no_worker()` fails, the renamed file is left (under a dot-name no cenv pattern matches)."""
     folder = Path(data_dir)
     path = path_for(folder, cenv_id)
     trash = temp_name(folder, cenv_id, "deleting")
@@ -354,10 +358,7 @@ def delete(data_dir: str | os.PathLike[str], cenv_id: str, stop_worker: Callable
     except FileNotFoundError:
         raise NotFound("no such cenv") from None
     fsync_path(folder)
-    try:
-        if stop_worker is not None:
-            stop_worker()
-    finally:
+    with no_worker() if no_worker is not None else nullcontext():
         for p in (trash, Path(f"{path}-wal"), Path(f"{path}-shm")):
             p.unlink(missing_ok=True)
         fsync_path(folder)
