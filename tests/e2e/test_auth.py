@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import httpx
 import jwt
 import trio
 
-from support import Server, assert_safe_error, bearer, login, new_cenv, sql
+from support import Server, alive, assert_safe_error, bearer, login, new_cenv, sql, start_server
 
 
 def audit_actions(server: Server, cenv: str) -> list[str]:
@@ -158,6 +159,33 @@ async def test_failed_logins_are_throttled(client: httpx.AsyncClient) -> None:
     # another username from the same address is not locked by this one's failures yet
     r = await client.post(f"/{cenv}/auth/login", json={"username": "someone", "password": "nope nope"})
     assert r.status_code == 401
+
+
+async def test_the_login_throttle_outlives_the_worker(tmp_path: Path) -> None:
+    """Finding L4: the counts were kept in the worker's memory, and a worker exits when idle (300 s
+    by default, against a 15-minute window) or crashes: its successor started from zero."""
+    srv = start_server(tmp_path, "--idle-timeout", "1")
+    try:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
+            cenv = await new_cenv(client)
+            statuses = []
+            for _ in range(11):
+                r = await client.post(f"/{cenv}/auth/login", json={"username": "admin", "password": "nope nope"})
+                statuses.append(r.status_code)
+            assert statuses == [401] * 10 + [429]
+            [pid] = srv.wait_workers(1)
+            deadline = time.monotonic() + 60
+            while alive(pid) and time.monotonic() < deadline:  # it exits once idle for a second
+                await trio.sleep(0.1)
+            assert not alive(pid)
+            r = await client.post(f"/{cenv}/auth/login", json={"username": "admin", "password": "correct horse"})
+            assert_safe_error(r, 429, "rate_limited")
+            assert int(r.headers["retry-after"]) > 0
+            assert srv.workers() and srv.workers() != [pid]  # a new worker said so
+            r = await client.post(f"/{cenv}/auth/login", json={"username": "someone", "password": "nope nope"})
+            assert r.status_code == 401
+    finally:
+        srv.stop()
 
 
 async def test_anonymous_on_every_auth_route(client: httpx.AsyncClient) -> None:

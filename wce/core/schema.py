@@ -128,6 +128,17 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 4: failed logins per client address ('ip') and per username ('user'), kept in the file so
+    # that the login throttle outlives the worker (idle exit, crash); rows past the window go
+    """
+    CREATE TABLE _wce_login_failures (
+        kind TEXT NOT NULL CHECK (kind IN ('ip', 'user')),
+        key TEXT NOT NULL,
+        ts REAL NOT NULL
+    );
+    CREATE INDEX _wce_login_failures_key ON _wce_login_failures(kind, key, ts);
+    CREATE INDEX _wce_login_failures_ts ON _wce_login_failures(ts);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -135,7 +146,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = (
     "_wce_meta", "_wce_users", "_wce_sessions", "_wce_table_permissions", "_wce_row_policies",
     "_wce_config", "_wce_audit_log", "_wce_pages", "_wce_templates", "_wce_values", "_wce_scripts",
-    "_wce_render_cache", "_wce_script_log", "_wce_caps",
+    "_wce_render_cache", "_wce_script_log", "_wce_caps", "_wce_login_failures",
 )
 
 

@@ -1,7 +1,9 @@
-"""In-memory sliding-window counters for throttling (failed logins, cenv creation).
+"""Sliding-window counters for throttling: in memory (cenv creation, a cenv's request rate) or in
+a cenv's file (failed logins).
 
-Bounded: keys whose events all fell out of the window are dropped, and past `max_keys` the oldest
-keys are evicted, so a flood of distinct keys cannot grow memory without bound.
+Bounded: in memory, keys whose events all fell out of the window are dropped, and past `max_keys`
+the oldest keys are evicted, so a flood of distinct keys cannot grow memory without bound; in the
+file, every event older than the window is deleted whenever one is added.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict, deque
+
+import apsw
 
 
 class SlidingWindow:
@@ -54,3 +58,37 @@ class SlidingWindow:
     def reset(self, key: str) -> None:
         """Forget key (e.g. after a successful login)."""
         self._events.pop(key, None)
+
+
+class StoredWindow:
+    """At most `limit` events per key within `window` seconds, counted in the cenv's
+    `_wce_login_failures` under `kind` (wall-clock times): the counts outlive the worker, which
+    exits when idle long before a 15-minute window is over, or when it crashes (finding L4).
+    Same methods as SlidingWindow. Meant for rare events (a failed login costs a password hash
+    first): each `hit` is a write."""
+
+    def __init__(self, conn: apsw.Connection, kind: str, limit: int, window: float) -> None:
+        self.conn, self.kind, self.limit, self.window = conn, kind, limit, window
+
+    def retry_after(self, key: str, now: float | None = None) -> int | None:
+        """Seconds until key may act again, or None if it may act now."""
+        now = time.time() if now is None else now
+        count, oldest = self.conn.execute(
+            "SELECT count(*), min(ts) FROM _wce_login_failures WHERE kind = ? AND key = ? AND ts > ?",
+            (self.kind, key, now - self.window)).fetchone()
+        if count < self.limit:
+            return None
+        return max(1, math.ceil(oldest + self.window - now))
+
+    def hit(self, key: str, now: float | None = None) -> None:
+        """Count one event for key (and forget every event of any key past the window)."""
+        now = time.time() if now is None else now
+        with self.conn:
+            self.conn.execute("DELETE FROM _wce_login_failures WHERE ts <= ?", (now - self.window,))
+            self.conn.execute("INSERT INTO _wce_login_failures(kind, key, ts) VALUES (?, ?, ?)", (self.kind, key, now))
+
+    def reset(self, key: str) -> None:
+        """Forget key (e.g. after a successful login)."""
+        if self.conn.execute("SELECT 1 FROM _wce_login_failures WHERE kind = ? AND key = ? LIMIT 1",
+                             (self.kind, key)).fetchone():
+            self.conn.execute("DELETE FROM _wce_login_failures WHERE kind = ? AND key = ?", (self.kind, key))

@@ -14,14 +14,15 @@ from wce.core.permissions import Access
 from wce.core.session_cache import SessionCache
 from wce.core.tables import Catalog
 from wce.core.errors import RateLimited, Unauthenticated
-from wce.core.throttle import SlidingWindow
+from wce.core.throttle import SlidingWindow, StoredWindow
 
 from .events_hub import EventHub
 from .scripting import ScriptRegistry
 from .triggers import TriggerRunner
 from .render_cache import RenderCache
 
-# Failed logins: per client address and per username, in a 15-minute window.
+# Failed logins: per client address and per username, in a 15-minute window, counted in the cenv's
+# file (wce.core.throttle.StoredWindow): a worker exits when idle after 5 minutes, or crashes.
 LOGIN_FAILURES_PER_IP = 30
 LOGIN_FAILURES_PER_USER = 10
 LOGIN_WINDOW = 900.0
@@ -51,8 +52,8 @@ class Tenant:
         self.catalog = Catalog(conn)
         self.notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None  # set by the server
         self.caps, self.settings = read_settings(conn, config)
-        self.failed_by_ip = SlidingWindow(LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
-        self.failed_by_user = SlidingWindow(LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
+        self.failed_by_ip = StoredWindow(conn, "ip", LOGIN_FAILURES_PER_IP, LOGIN_WINDOW)
+        self.failed_by_user = StoredWindow(conn, "user", LOGIN_FAILURES_PER_USER, LOGIN_WINDOW)
         self.request_limiter: SlidingWindow | None = None  # rate_limit_per_minute, per client address
         self._apply_rate_limit()
         self.scripts = ScriptRegistry(self)
