@@ -21,8 +21,10 @@ Tenant SQL is never prepared without the Guard: SQLite applies some PRAGMAs (`qu
 
 A full-text index's shadow tables (`{table}_fts_data`, `_idx`, `_config`, `_docsize`, `_content`)
 are written only by SQLite's FTS5 module, from inside the statement that changes the indexed table
-(through our triggers); a statement that names one itself is refused. The worker's connection is
-also in SQLite's defensive mode (wce.core.db.connect), which refuses the same writes again.
+(through our triggers); a statement that names one itself is refused while it is prepared (in a
+text of several statements, those after the first are prepared once the first has run, and are
+not). The worker's connection is also in SQLite's defensive mode (wce.core.db.connect), which
+refuses every such write, whatever prepared it.
 """
 
 from __future__ import annotations
