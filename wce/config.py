@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +66,10 @@ class ServerConfig:
         digest = hashlib.sha256(str(self.data_path).encode()).hexdigest()[:16]
         return Path(tempfile.gettempdir()) / f"wce-{digest}"
 
+    def prepare_runtime_path(self) -> Path:
+        """The run folder, made if missing; UnsafeRunFolder unless it is ours alone (private_folder)."""
+        return private_folder(self.runtime_path)
+
     @property
     def ceilings_path(self) -> Path:
         """Where a running server records its cap ceilings, for `wce caps` to show (the run folder)."""
@@ -104,3 +109,31 @@ def env_default(name: str, default: Any) -> Any:
     if isinstance(default, bool):
         return raw.lower() in ("1", "true", "yes", "on")
     return type(default)(raw)
+
+
+class UnsafeRunFolder(Exception):
+    """The run folder exists but is not ours alone: whoever controls it could put their own sockets
+    where the gateway looks for the fork server and workers (and be sent secrets and passwords)."""
+
+
+def private_folder(path: Path) -> Path:
+    """Make `path` (mode 0700) if it is missing, then check it with lstat: a real folder, not a
+    symlink, owned by this process's user, mode 0700. UnsafeRunFolder, with a one-line reason, if not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # whatever the umask
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeRunFolder(f"the run folder {path} is a symbolic link; remove it or set another data folder")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeRunFolder(f"the run folder {path} is not a folder")
+    if st.st_uid != os.geteuid():
+        raise UnsafeRunFolder(f"the run folder {path} belongs to uid {st.st_uid}, not to this server's "
+                              f"user ({os.geteuid()}); remove it")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise UnsafeRunFolder(f"the run folder {path} has mode {stat.S_IMODE(st.st_mode):04o}, not 0700; "
+                              "check who wrote into it, then chmod 0700 or remove it")
+    return path

@@ -47,8 +47,7 @@ class ForkServer:
 
     @staticmethod
     def _launch(config: ServerConfig) -> tuple[subprocess.Popen[bytes], Path]:
-        run = config.runtime_path
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run = config.prepare_runtime_path()  # UnsafeRunFolder unless ours alone (finding L7)
         path = run / "forkserver.sock"
         path.unlink(missing_ok=True)
         lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

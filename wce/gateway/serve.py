@@ -21,7 +21,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from wce.config import ServerConfig
+from wce.config import ServerConfig, UnsafeRunFolder
 
 from .asgi import Gateway
 from .forkserver import ForkServer
@@ -136,6 +136,10 @@ def run(config: ServerConfig) -> None:
     except ValueError as exc:
         sys.exit(f"wce: {exc}")
     lock = lock_data_dir(config)
+    try:
+        config.prepare_runtime_path()  # before anything binds a socket in it
+    except UnsafeRunFolder as exc:
+        sys.exit(f"wce: {exc}")
     n = gateway_count(config)
     sockets = listening_sockets(config, n) if n > 1 else []
     forkserver = ForkServer.start(config)
