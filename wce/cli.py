@@ -45,6 +45,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                    help="seconds a client may take no byte of an answer before it is dropped (WCE_SEND_TIMEOUT)")
     p.add_argument("--access-log", default=env_default("access_log", d.access_log),
                    help="one JSON line per request: '-' for stderr, 'off', or a file (WCE_ACCESS_LOG)")
+    p.add_argument("--no-worker-sandbox", dest="worker_sandbox", action="store_false",
+                   default=env_default("worker_sandbox", d.worker_sandbox),
+                   help="run workers without their kernel sandbox (Landlock, seccomp), e.g. to attach a "
+                        "debugger to one; WCE_WORKER_SANDBOX=0 does the same")
 
 
 def _read_password(confirm: bool = True) -> str:

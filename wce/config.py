@@ -43,6 +43,8 @@ class ServerConfig:
     # peers whose X-Forwarded-For/-Proto (or Forwarded) are believed: "" none, "*" all, else IPs/CIDRs
     # and "unix" (a Unix-socket peer); parsed by wce.gateway.forwarded, which refuses a bad value
     forwarded_allow_ips: str = ""
+    # each worker enters a kernel sandbox (Landlock, seccomp) before it opens its cenv: wce.worker.sandbox
+    worker_sandbox: bool = True
     # bytes of pushed public pages each gateway process keeps, all cenvs together (LRU; a cenv
     # pushes at most a quarter of it); a page not held is answered by its worker. 0: none
     page_cache_mb: int = 64
@@ -71,6 +73,11 @@ class ServerConfig:
         return private_folder(self.runtime_path)
 
     @property
+    def sandbox_status_path(self) -> Path:
+        """Where the fork server records which worker protections are active, for /healthz."""
+        return self.runtime_path / "sandbox.json"
+
+    @property
     def ceilings_path(self) -> Path:
         """Where a running server records its cap ceilings, for `wce caps` to show (the run folder)."""
         return self.runtime_path / "ceilings.json"
@@ -96,6 +103,7 @@ ENV = {
     "cpu_ms_per_request": "WCE_CPU_MS_PER_REQUEST", "max_db_mb": "WCE_MAX_DB_MB",
     "max_import_mb": "WCE_MAX_IMPORT_MB", "access_log": "WCE_ACCESS_LOG", "metrics_token": "WCE_METRICS_TOKEN",
     "gateways": "WCE_WORKERS", "cenv_domain": "WCE_CENV_DOMAIN", "forwarded_allow_ips": "WCE_FORWARDED_ALLOW_IPS",
+    "worker_sandbox": "WCE_WORKER_SANDBOX",
     "page_cache_mb": "WCE_PAGE_CACHE_MB", "send_timeout": "WCE_SEND_TIMEOUT",
 }
 SECRET_FIELDS = frozenset({"metrics_token"})

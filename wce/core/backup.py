@@ -166,11 +166,12 @@ def export(data_dir: str | os.PathLike[str], cenv_id: str, out: str | os.PathLik
     return final
 
 
-def open_snapshot(data_dir: str | os.PathLike[str], cenv_id: str) -> tuple[int, int]:
+def open_snapshot(data_dir: str | os.PathLike[str], cenv_id: str,
+                  scratch: str | os.PathLike[str] | None = None) -> tuple[int, int]:
     """A consistent copy as an open file descriptor (already unlinked: nothing to clean up) and its
-    size; for streaming it over HTTP."""
+    size; for streaming it over HTTP. The copy is made in `scratch` (default: the data folder)."""
     folder = Path(data_dir)
-    tmp = temp_name(folder, cenv_id, "exporting")
+    tmp = temp_name(Path(scratch) if scratch is not None else folder, cenv_id, "exporting")
     try:
         snapshot(path_for(folder, cenv_id), tmp)
         fd = os.open(tmp, os.O_RDONLY)

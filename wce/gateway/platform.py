@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import json
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -133,7 +134,11 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return Response(json_bytes({"status": "ok", "workers": supervisor.statistics().live}),
+        try:  # the worker protections active on this host, as the fork server found them at start
+            sandbox = json.loads(config.sandbox_status_path.read_bytes())
+        except (OSError, ValueError):
+            sandbox = "unknown"
+        return Response(json_bytes({"status": "ok", "workers": supervisor.statistics().live, "sandbox": sandbox}),
                         content_type="application/json", headers={"cache-control": "no-store"})
 
     @app.errorhandler(HTTPException)

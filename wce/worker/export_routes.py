@@ -2,8 +2,9 @@
 
 The same code as `wce export` (wce.core.backup): an online backup taken on a connection of its
 own in a thread, so this worker keeps answering (and writing) meanwhile. The copy is an unlinked
-temporary file, streamed in pieces with its length announced, so a cut-off download is visible as
-such and nothing is left on disk whatever happens.
+temporary file in the worker's scratch folder (the one folder its sandbox lets it create files in),
+streamed in pieces with its length announced, so a cut-off download is visible as such and nothing
+is left on disk whatever happens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import trio
 from wce.core import audit, backup
 from wce.core.db import transaction
 
+from . import sandbox
 from .api_routes import require_admin
 from .http import Call, Router, StreamReply
 
@@ -50,7 +52,8 @@ async def export(call: Call) -> StreamReply:
     """The cenv file as `application/vnd.sqlite3`, as an attachment."""
     admin = require_admin(call)
     t = call.tenant
-    fd, size = await trio.to_thread.run_sync(backup.open_snapshot, t.path.parent, t.cenv_id)
+    fd, size = await trio.to_thread.run_sync(backup.open_snapshot, t.path.parent, t.cenv_id,
+                                             sandbox.scratch_path(t.config, t.cenv_id))
     try:
         with transaction(t.conn):
             audit.record(t.conn, "cenv.export", actor=admin.username, target=t.cenv_id, ip=call.client)

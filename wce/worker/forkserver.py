@@ -18,9 +18,11 @@ Requests arrive on a listening Unix socket, one per connection, as one frame of 
 `create` and `import` run in a short-lived forked child (argon2 takes ~50 ms; checking a file takes
 longer), which answers on the connection.
 
-A worker that begins closing removes its socket name first; a spawn that finds the name gone
-starts a successor, which waits for the cenv's lock (`{run}/{ID}.lock`, held by a worker for its
-whole life) before it opens the file: never two workers on one cenv.
+A worker that begins closing says so first, on a pipe whose other end we keep (its sandbox lets
+it remove no name in the run folder: wce.worker.sandbox); a spawn that finds it closing starts a
+successor, which waits for the cenv's lock (`{run}/{ID}.lock`, held by a worker for its whole life)
+before it opens the file: never two workers on one cenv. The name of a worker that exits without a
+successor is removed here.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import gc
 import json
 import os
 import random
+import select
 import signal
 import socket
 import sys
@@ -52,11 +55,13 @@ import trio  # noqa: F401, E402
 
 from wce.core import auth, backup, cenv  # noqa: E402
 from wce.core.errors import WceError  # noqa: E402
-from wce.worker import server  # noqa: E402
+from wce.worker import sandbox, server  # noqa: E402
 
 _children: set[int] = set()
-_workers: dict[str, tuple[int, int]] = {}  # cenv -> (pid, inode of its socket name) of its newest worker
+# cenv -> (pid, inode of its socket name, our end of its closing pipe) of its newest worker
+_workers: dict[str, tuple[int, int, int]] = {}
 _asked_to_close: set[int] = set()  # workers sent SIGTERM by the cap, until reaped
+_config = ServerConfig()  # the server's (set by serve)
 
 
 class _Stop(Exception):
@@ -77,9 +82,26 @@ def _reap(signum: int, frame_: Any) -> None:
 def _forget(pid: int) -> None:
     _children.discard(pid)
     _asked_to_close.discard(pid)
-    for cenv_id, (wpid, _) in list(_workers.items()):
+    for cenv_id, (wpid, ino, closing) in list(_workers.items()):
         if wpid == pid:
             del _workers[cenv_id]
+            _drop_name(cenv_id, ino, closing)
+
+
+def _drop_name(cenv_id: str, ino: int, closing: int) -> None:
+    """A worker is gone and no successor took its place: remove its socket name (unless another's)
+    and its scratch folder if empty, close its pipe."""
+    os.close(closing)
+    path = _config.runtime_path / f"{cenv_id}.sock"
+    try:
+        if os.stat(path).st_ino == ino:
+            path.unlink()
+    except OSError:
+        pass
+    try:
+        os.rmdir(sandbox.scratch_path(_config, cenv_id))
+    except OSError:
+        pass
 
 
 def _stop(signum: int, frame_: Any) -> None:
@@ -107,8 +129,11 @@ def _reply(conn: socket.socket, msg: dict[str, Any]) -> None:
 
 
 def _after_fork(listener: socket.socket, conn: socket.socket | None) -> None:
-    """In a new child: default signals, die with the fork server, fresh random state."""
+    """In a new child: default signals, die with the fork server, fresh random state, none of the
+    other workers' pipes."""
     listener.close()
+    for _, _, closing in _workers.values():
+        os.close(closing)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,7 +146,7 @@ def _live_worker(config: ServerConfig, cenv_id: str) -> int | None:
     known = _workers.get(cenv_id)
     if known is None:
         return None
-    pid, ino = known
+    pid, ino, closing = known
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:  # dead, and SIGCHLD not handled yet
             _forget(pid)
@@ -129,12 +154,16 @@ def _live_worker(config: ServerConfig, cenv_id: str) -> int | None:
     except ChildProcessError:
         _forget(pid)
         return None
+    poll = select.poll()
+    poll.register(closing, select.POLLIN)
+    if poll.poll(0):
+        return None  # closing (it wrote on its pipe): a successor waits for its lock
     try:
         if os.stat(config.runtime_path / f"{cenv_id}.sock").st_ino == ino:
             return pid
     except FileNotFoundError:
         pass
-    return None  # closing: it took its name away; a successor waits for its lock
+    return None  # its name was taken away
 
 
 def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any]) -> None:
@@ -146,11 +175,11 @@ def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, m
     if pid is not None:
         _reply(conn, {"ok": True, "pid": pid, "new": False})
         return
-    run = config.runtime_path
-    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run = config.prepare_runtime_path()
     path = run / f"{cenv_id}.sock"
     path.unlink(missing_ok=True)
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    closing_r, closing_w = os.pipe2(os.O_CLOEXEC)
     try:
         lst.bind(str(path))
         os.chmod(path, 0o600)
@@ -161,17 +190,24 @@ def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, m
             code = 1
             try:
                 conn.close()
+                os.close(closing_r)
                 _after_fork(listener, None)
-                code = server.run_worker(lst.detach(), cenv_id, config, path, ino)
+                code = server.run_worker(lst.detach(), cenv_id, config, path, ino, closing_fd=closing_w)
             except BaseException:
                 traceback.print_exc()
             finally:
                 os._exit(code)
+    except BaseException:
+        os.close(closing_r)
+        raise
     finally:
         lst.close()
+        os.close(closing_w)
     _children.add(pid)
-    _workers.pop(cenv_id, None)  # to the end: the dict is in start order
-    _workers[cenv_id] = (pid, ino)
+    old = _workers.pop(cenv_id, None)  # to the end: the dict is in start order
+    if old is not None:
+        os.close(old[2])  # its successor's name replaced its own
+    _workers[cenv_id] = (pid, ino, closing_r)
     _reply(conn, {"ok": True, "pid": pid, "new": True})
     _cap_workers(config.max_workers)
 
@@ -180,7 +216,7 @@ def _cap_workers(limit: int) -> None:
     """The server-wide worker cap, behind each gateway's own least-recently-used eviction (each
     gateway only sees the cenvs it serves): past it, the longest-running workers are asked to close
     (SIGTERM: they answer what they have, tell every gateway, and exit)."""
-    live = [pid for pid, _ in _workers.values() if pid not in _asked_to_close]
+    live = [pid for pid, _, _ in _workers.values() if pid not in _asked_to_close]
     for pid in live[: max(0, len(live) - limit)]:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -277,8 +313,11 @@ def _record_ceilings(config: ServerConfig) -> None:
 
 def serve(listen_fd: int, config: ServerConfig) -> None:
     """Accept requests until SIGTERM (or the gateway's death), then stop every child."""
+    global _config
     listener = socket.socket(fileno=listen_fd)
+    _config = config
     _record_ceilings(config)
+    sandbox.prepare(config)
     # a restart by the master (which waits with its signals blocked) must not leave them blocked here
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -319,6 +358,9 @@ def serve(listen_fd: int, config: ServerConfig) -> None:
         pass
     finally:
         _stop_children(config.graceful_timeout)
+        for cenv_id, (_, ino, closing) in list(_workers.items()):
+            _drop_name(cenv_id, ino, closing)
+        _workers.clear()
 
 
 def _stop_children(timeout: float) -> None:

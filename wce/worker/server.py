@@ -30,7 +30,7 @@ from wce.core import db
 from wce.core.errors import WceError
 from wce.core.ids import path_for
 
-from . import app, limits
+from . import app, limits, sandbox
 from .pages_routes import not_modified_headers, page_headers
 from .http import StreamReply
 from .tenant import Tenant
@@ -88,6 +88,7 @@ class Worker:
         self.push_budget = (config.page_cache_mb << 20) // PUSH_SHARE  # bytes of pages this cenv pushes
         self.windows: dict[tuple[MessageChannel, int], Window] = {}  # streamed answers' flow control
         self.socket_name: tuple[Path, int] | None = None  # (path, inode) the fork server bound for us
+        self.closing_fd: int | None = None  # where we tell the fork server we are closing
 
     def _public_pages(self) -> dict[str, Any]:
         """The public pages gateways should answer: rendered, each up to PUSH_MAX, and together
@@ -173,8 +174,16 @@ class Worker:
         self._check_done()
 
     def _give_up_name(self) -> None:
-        """Remove our socket's name (if it is still ours) before telling anyone we are closing: a
-        gateway that then asks the fork server for this cenv gets a successor, not us."""
+        """Tell the fork server we are closing, and remove our socket's name (if it is still ours
+        and the sandbox lets us), before telling anyone else: a gateway that then asks the fork
+        server for this cenv gets a successor, not us."""
+        if self.closing_fd is not None:
+            try:
+                os.write(self.closing_fd, b"c")
+            except OSError:
+                pass
+            os.close(self.closing_fd)
+            self.closing_fd = None
         if self.socket_name is None:
             return
         path, inode = self.socket_name
@@ -344,13 +353,14 @@ class Worker:
 
 
 async def serve(listen_fd: int, tenant: Tenant, config: ServerConfig,
-                socket_name: tuple[Path, int] | None = None) -> None:
+                socket_name: tuple[Path, int] | None = None, closing_fd: int | None = None) -> None:
     """Run until closed and drained."""
     sock = trio.socket.fromfd(listen_fd, socket.AF_UNIX, socket.SOCK_STREAM)
     os.close(listen_fd)
     listener = trio.SocketListener(sock)
     worker = Worker(tenant, config)
     worker.socket_name = socket_name
+    worker.closing_fd = closing_fd
     async with trio.open_nursery() as nursery:
         async def accept_until_closing() -> None:
             with trio.CancelScope() as cs:
@@ -410,12 +420,19 @@ def open_under_caps(cenv_id: str, config: ServerConfig) -> Tenant:
 
 
 def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig, socket_name: Path | None = None,
-               socket_inode: int = 0) -> int:
-    """Entry point in a freshly forked child; returns the exit code. `socket_name` (with the inode
-    the fork server bound) is removed when the worker begins closing, so no gateway connects to it."""
+               socket_inode: int = 0, *, closing_fd: int | None = None) -> int:
+    """Entry point in a freshly forked child; returns the exit code. When the worker begins closing
+    it writes on `closing_fd` (the fork server then starts a successor for the next spawn) and
+    removes `socket_name` (with the inode the fork server bound) if its sandbox lets it. It enters
+    the sandbox once it holds the cenv's lock, before it opens the file."""
     if lock_cenv(config, cenv_id) is None:
         print(f"wce worker {cenv_id}: the previous worker of this cenv did not exit", file=sys.stderr)
         return 3
+    try:
+        sandbox.enter(config, cenv_id)
+    except sandbox.SandboxError as exc:
+        print(f"wce worker {cenv_id}: {exc}", file=sys.stderr)
+        return 4
     try:
         tenant = open_under_caps(cenv_id, config)
     except Exception:
@@ -423,7 +440,7 @@ def run_worker(listen_fd: int, cenv_id: str, config: ServerConfig, socket_name: 
         traceback.print_exc()
         return 2
     try:
-        trio.run(serve, listen_fd, tenant, config, (socket_name, socket_inode) if socket_name else None)
+        trio.run(serve, listen_fd, tenant, config, (socket_name, socket_inode) if socket_name else None, closing_fd)
     finally:
         tenant.close()
     return 0
