@@ -268,7 +268,7 @@ def server_side_state(srv: Server, s: socket.socket) -> str | None:
 
 async def test_a_client_that_reads_nothing_is_dropped(tmp_path: Path) -> None:
     """M3: a client that takes no byte for the send timeout is disconnected (its answer cut)."""
-    srv = start_server(tmp_path, "--memory-mb", "1024", env={"WCE_SEND_TIMEOUT": "2"})
+    srv = start_server(tmp_path, "--memory-mb", "1024", env={"WCE_SEND_TIMEOUT": "5"})
     try:
         path = await big_endpoint(srv)
         s = slow_reader(srv, path)
