@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import starlark as sl
 
 from ..errors import Invalid, ScriptError, WceError
+from . import nesting
 
 MAX_CALLSTACK = 200
 MAX_SOURCE = 256 * 1024
@@ -165,6 +166,11 @@ def compile_script(source: str, kind: str, filename: str = "script.star") -> Com
     reserved = _RESERVED.search(source)
     if reserved:
         raise ScriptSyntaxError("names starting with wce_ are reserved", *_position(source, reserved.start()))
+    try:
+        nesting.depth(source, nesting.MAX_DEPTH)  # deeper, compiling could crash the process
+    except nesting.TooDeep as exc:
+        raise ScriptSyntaxError(f"nested over {nesting.MAX_DEPTH} levels deep (brackets, operators, calls, lambdas"
+                                ", blocks): split it into smaller expressions or functions", exc.line, exc.column) from None
     try:
         ast = sl.parse(filename, source, _dialect())
     except sl.StarlarkError as exc:
