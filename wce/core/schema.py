@@ -139,6 +139,23 @@ MIGRATIONS: list[str] = [
     CREATE INDEX _wce_login_failures_key ON _wce_login_failures(kind, key, ts);
     CREATE INDEX _wce_login_failures_ts ON _wce_login_failures(ts);
     """,
+    # 5: scripts that crashed their worker (wce.core.scripts.crashes): each crash, by script label
+    # (endpoint:ID, trigger:ID, page:ID) and the signal that ended the worker (0: it hit the memory
+    # cap and retired), rows past the window deleted as new ones come; and the scripts disabled for it
+    """
+    CREATE TABLE _wce_script_crashes (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        script TEXT NOT NULL,
+        signal INTEGER NOT NULL
+    );
+    CREATE INDEX _wce_script_crashes_script ON _wce_script_crashes(script, ts);
+    CREATE TABLE _wce_script_disabled (
+        script TEXT PRIMARY KEY,
+        disabled_at REAL NOT NULL,
+        crashes INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -147,6 +164,7 @@ TABLES = (
     "_wce_meta", "_wce_users", "_wce_sessions", "_wce_table_permissions", "_wce_row_policies",
     "_wce_config", "_wce_audit_log", "_wce_pages", "_wce_templates", "_wce_values", "_wce_scripts",
     "_wce_render_cache", "_wce_script_log", "_wce_caps", "_wce_login_failures",
+    "_wce_script_crashes", "_wce_script_disabled",
 )
 
 

@@ -20,6 +20,7 @@ from wce.core.ids import is_id
 from wce.responses import SESSION_COOKIE, error_parts, etag_matches
 
 from .client import NotSent, WorkerGone
+from .fates import admin_caller
 from .editor import ASSETS, Editor
 from .forwarded import trusted_proxies
 from .logs import RequestLog, cenv_route, platform_route
@@ -290,9 +291,10 @@ class Gateway:
         """Send one request to the cenv's worker and relay its answer.
 
         A worker can die before the gateway has noticed: a request that never reached it (the send
-        failed) is sent once more, to a new worker. A request the worker had received gets 503 when
-        it dies: it may have done its work, or be what killed it (a memory bomb must not take down
-        the replacement too).
+        failed) is sent once more, to a new worker. A request the worker had received when it died
+        is answered by what the worker's crash marker says (wce.gateway.fates): the request whose
+        script killed it gets 503 naming the cause (a memory bomb must not take down the
+        replacement too), one that may have committed a write 503, any other is sent once more.
         """
         try:
             body = await read_body(scope, receive, self.config.max_body)
@@ -321,6 +323,14 @@ class Gateway:
                         first = await exchange.first()
                 except NotSent:  # the worker died before our request was written to it (the reader,
                     if attempt == 1:  # which saw the connection end, has told the supervisor)
+                        continue
+                    raise
+                except WorkerGone:  # it died with our request: its crash marker says what it was doing
+                    fate = await self.supervisor.fate(worker)
+                    if fate is not None and fate.caused_by(exchange.id):
+                        await send_error(send, fate.error(admin_caller(worker.tokens, token)))
+                        return
+                    if attempt == 1 and fate is not None and fate.may_resend(exchange.id):
                         continue
                     raise
                 if deadline.cancelled_caught:

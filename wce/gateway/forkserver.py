@@ -122,6 +122,13 @@ class ForkServer:
             cls = BY_CODE.get(str(reply.get("code")), WceError)
             raise cls(str(reply.get("message", "could not import the cenv")))
 
+    async def fate(self, pid: int) -> dict[str, Any] | None:
+        """How the worker pid ended, once it has (wce.worker.fates): its exit signal, and the
+        request and script its crash marker noted; None while it runs or if it is not known."""
+        reply = await self._ask({"op": "fate", "pid": pid})
+        fate = reply.get("fate")
+        return fate if reply.get("ok") and isinstance(fate, dict) else None
+
     def stop(self, timeout: float) -> None:
         """SIGTERM the zygote (it stops its workers), SIGKILL after timeout."""
         if self.proc.poll() is None:

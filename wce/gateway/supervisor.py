@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 
@@ -22,11 +23,23 @@ from wce.proto.channel import MessageChannel
 
 from .budget import Budget
 from .client import WorkerClient
+from .fates import Fate
 from .forkserver import ForkServer
 from .tokens import CACHE_BYTES
 
 HELLO_TIMEOUT = 10.0
 START_ATTEMPTS = 3
+FATE_WAIT = 10.0  # how long a worker whose connection broke may take to exit before its fate is asked
+
+
+class _Lookup:
+    """One worker's fate, asked of the fork server once, for every request waiting on it."""
+
+    __slots__ = ("done", "fate")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.fate: Fate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,7 @@ class Supervisor:
         self._stopping: dict[str, WorkerClient] = {}
         self.events: Counter[str] = Counter()
         self._lost: set[str] = set()  # cenvs whose worker died or was killed: their next start is a restart
+        self._fates: weakref.WeakKeyDictionary[WorkerClient, _Lookup] = weakref.WeakKeyDictionary()
         # what all cenvs together may make this gateway process hold (wce.gateway.budget)
         self.page_budget = Budget(config.page_cache_mb << 20)
         self.token_budget = Budget(CACHE_BYTES)
@@ -155,7 +169,8 @@ class Supervisor:
         stream = await trio.open_unix_socket(str(self.run_dir / f"{cenv}.sock"))
         try:
             channel = MessageChannel(stream)
-            await channel.send(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {}))
+            # our pid names our requests in the worker's crash marker (request ids are per connection)
+            await channel.send(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {"pid": os.getpid()}))
             hello = await channel.receive()
             if not isinstance(hello, proto.Hello) or not isinstance(hello.info.get("secret"), bytes):
                 raise proto.DecodeError("the worker did not greet properly")
@@ -223,6 +238,30 @@ class Supervisor:
             del self._workers[w.cenv]
         self._stopping[w.cenv] = w
         w.kill()
+
+    async def fate(self, w: WorkerClient) -> Fate | None:
+        """How a worker whose connection broke ended, and what its crash marker said
+        (wce.gateway.fates): asked of the fork server once it has exited; None if it does not
+        exit within FATE_WAIT (it is being killed: connection_lost) or nothing is known."""
+        lookup = self._fates.get(w)
+        if lookup is None:
+            lookup = self._fates[w] = _Lookup()
+            self.nursery.start_soon(self._look_up, w, lookup)
+        await lookup.done.wait()
+        return lookup.fate
+
+    async def _look_up(self, w: WorkerClient, lookup: _Lookup) -> None:
+        try:
+            with trio.move_on_after(FATE_WAIT):
+                await w.exited.wait()
+            if w.exited.is_set():
+                lookup.fate = Fate.parse(await self.forkserver.fate(w.pid))
+                if lookup.fate is not None and lookup.fate.died_running_a_script:
+                    self.events["crashed"] += 1
+        except Unavailable:
+            pass
+        finally:
+            lookup.done.set()
 
     def _note_lost(self, cenv: str) -> None:
         if len(self._lost) >= 4 * self.config.max_workers:  # bounded: forgetting one only miscounts

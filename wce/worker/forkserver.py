@@ -11,6 +11,7 @@ limits that must hold across gateways (cenvs created per client address).
 Requests arrive on a listening Unix socket, one per connection, as one frame of msgpack:
     {"op": "spawn", "cenv": ID}      -> {"ok", "pid", "new"}: the cenv's live worker, started if none
                                         (it listens on {run}/{ID}.sock; "new" tells who started it)
+    {"op": "fate", "pid": PID}       -> {"ok", "fate"}: how a worker ended (wce.worker.fates), or None
     {"op": "admit", "kind": "new"|"import", "ip"}   -> {"ok"} or {"ok": false, "code", "message", "retry_after"}
     {"op": "create", "cenv": ID, "username", "password", "ip"}   -> {"ok"} or {"ok": false, "code", "message"}
     {"op": "import", "cenv": ID, "username", "password", "ip"} + the uploaded file as SCM_RIGHTS
@@ -55,6 +56,7 @@ import trio  # noqa: F401, E402
 
 from wce.core import auth, backup, cenv  # noqa: E402
 from wce.core.errors import WceError  # noqa: E402
+from wce.worker import crash_marker, fates  # noqa: E402
 from wce.worker import sandbox, server  # noqa: E402
 
 _children: set[int] = set()
@@ -71,11 +73,12 @@ class _Stop(Exception):
 def _reap(signum: int, frame_: Any) -> None:
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        fates.reaped(pid, status)
         _forget(pid)
 
 
@@ -137,8 +140,10 @@ def _after_fork(listener: socket.socket, conn: socket.socket | None) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # held by _fork
     die_with_parent(signal.SIGTERM)
     random.seed()
+    fates.in_child(None, [])  # no other worker's crash marker
 
 
 def _live_worker(config: ServerConfig, cenv_id: str) -> int | None:
@@ -148,7 +153,9 @@ def _live_worker(config: ServerConfig, cenv_id: str) -> int | None:
         return None
     pid, ino, closing = known
     try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # dead, and SIGCHLD not handled yet
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:  # dead, and SIGCHLD not handled yet
+            fates.reaped(pid, status)
             _forget(pid)
             return None
     except ChildProcessError:
@@ -185,13 +192,15 @@ def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, m
         os.chmod(path, 0o600)
         lst.listen(128)
         ino = os.stat(path).st_ino
-        pid = os.fork()
+        page, crashes = fates.new_page(), fates.take_crashes(cenv_id)
+        pid = _fork()
         if pid == 0:
             code = 1
             try:
                 conn.close()
                 os.close(closing_r)
                 _after_fork(listener, None)
+                crash_marker.install(page, crashes)
                 code = server.run_worker(lst.detach(), cenv_id, config, path, ino, closing_fd=closing_w)
             except BaseException:
                 traceback.print_exc()
@@ -204,12 +213,43 @@ def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, m
         lst.close()
         os.close(closing_w)
     _children.add(pid)
+    fates.started(pid, cenv_id, page)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
     old = _workers.pop(cenv_id, None)  # to the end: the dict is in start order
     if old is not None:
         os.close(old[2])  # its successor's name replaced its own
     _workers[cenv_id] = (pid, ino, closing_r)
     _reply(conn, {"ok": True, "pid": pid, "new": True})
     _cap_workers(config.max_workers)
+
+
+def _fork() -> int:
+    """os.fork, with SIGCHLD held in the parent until the caller unblocks it, once it has
+    registered the child (fates.started): a child that dies at once is then reaped after that."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        return os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        raise
+
+
+def _fate(conn: socket.socket, msg: dict[str, Any]) -> None:
+    """How a worker ended (op `fate`), once it has: its exit signal and what its crash marker
+    said (wce.worker.fates); None while it runs, or for a pid that is not one of our workers."""
+    pid = msg.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        _reply(conn, {"ok": False, "code": "internal", "message": "bad fate request"})
+        return
+    if fates.tracked(pid):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = 0, 0
+        if done == pid:
+            fates.reaped(pid, status)
+            _forget(pid)
+    _reply(conn, {"ok": True, "fate": fates.fate(pid)})
 
 
 def _cap_workers(limit: int) -> None:
@@ -346,6 +386,10 @@ def serve(listen_fd: int, config: ServerConfig) -> None:
                     _create(config, listener, conn, msg)
                 elif op == "import":
                     _import(config, listener, conn, msg, fds)
+                elif op == "fate":
+                    for fd in fds:
+                        os.close(fd)
+                    _fate(conn, msg)
                 else:
                     _reply(conn, {"ok": False, "code": "internal", "message": "unknown op"})
             except _Stop:

@@ -7,7 +7,10 @@ write it makes commits together when it returns, or none does.
 
 Backstops for what polling cannot stop (a single huge builtin): RLIMIT_CPU (the SIGXCPU flag is
 polled too), RLIMIT_AS (a failed allocation surfaces as a Rust panic or MemoryError: the answer is
-503 and the worker retires after answering), and the gateway's hard deadline (SIGKILL).
+503 and the worker retires after answering; or it aborts the process), and the gateway's hard
+deadline (SIGKILL). Tenant code runs under the crash marker (wce.worker.crash_marker), so that a
+process it kills is answered for, and the script counted (wce.core.scripts.crashes): a script
+disabled for crashing its worker is answered 503 here without running.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from wce.core import audit, sqlguard
 from wce.core.errors import BadRequest, NotFound, Timeout, Unavailable, WceError
 from wce.core.permissions import Actor
 from wce.core.rows import Rows, to_json, to_sql
-from wce.core.scripts import runtime
+from wce.core.scripts import crashes, runtime
 from wce.core.scripts.routing import EndpointRouter
 
 from typing import TYPE_CHECKING
 
-from . import limits
+from . import crash_marker, limits
 
 if TYPE_CHECKING:
     from .tenant import Tenant
@@ -127,6 +130,8 @@ def execute(tenant: Tenant, compiled: runtime.Compiled, raw: dict[str, Any], hos
     commit=False rolls the call's writes back (the editor's test panel).
     """
     conn = tenant.conn
+    if host.label in tenant.scripts.disabled:  # crashed its worker too often (wce.core.scripts.crashes)
+        tenant.scripts.refuse_if_disabled(host.label)
     budget = int(tenant.settings["cpu_ms_per_request"]) / 1000
     cpu0, wall0 = time.thread_time(), time.monotonic()
     wall_budget = max(budget * 3, budget + 1.0)
@@ -147,6 +152,7 @@ def execute(tenant: Tenant, compiled: runtime.Compiled, raw: dict[str, Any], hos
     # never reads or writes costs no BEGIN/COMMIT, and one that does sees one snapshot throughout
     host.begin, host.began = begin, False
     conn.set_progress_handler(over, PROGRESS_STEPS)
+    marked = crash_marker.running(host.label)
     try:
         value = runtime.call(compiled, raw, host, should_stop)
         if host.began:
@@ -156,9 +162,11 @@ def execute(tenant: Tenant, compiled: runtime.Compiled, raw: dict[str, Any], hos
             conn.execute(undo)
         if isinstance(exc, (MemoryError,)) or type(exc).__name__ == "PanicException":
             tenant.retire_after_reply = True
-            raise Unavailable("the script hit the cenv's memory cap") from None
+            crash_marker.panicked(host.label)
+            raise Unavailable("the script ran past the cenv's memory cap") from None
         raise
     finally:
+        crash_marker.done(marked)
         host.begin = None
         conn.set_progress_handler(None)
     return value, (time.thread_time() - cpu0) * 1000
@@ -281,12 +289,33 @@ class ScriptRegistry:
         self._router: EndpointRouter | None = None
         self._stamp: tuple[int, ...] | None = None
         self._reads: dict[tuple[int, str], frozenset[str]] = {}
+        # labels of the scripts disabled for crashing their worker -> their crashes (read again
+        # whenever the scripts change; a page saved since is found out on its next render)
+        self.disabled: dict[str, int] = crashes.disabled(tenant.conn)
 
     def invalidate(self) -> None:
         """Forget the routing table and the stored rows (compiled modules stay, keyed by their source)."""
         self._router = None
         self._scripts.clear()
         self._stamp = None
+        self.disabled = crashes.disabled(self.tenant.conn)
+
+    def is_disabled(self, label: str) -> bool:
+        """True if the script is disabled for crashing its worker (asked again of the file for one
+        we have as disabled: it may have been saved since)."""
+        if label not in self.disabled:
+            return False
+        n = crashes.disabled(self.tenant.conn).get(label)
+        if n is None:
+            self.disabled.pop(label, None)
+            return False
+        self.disabled[label] = n
+        return True
+
+    def refuse_if_disabled(self, label: str) -> None:
+        """Unavailable (503) if the script is disabled for crashing its worker."""
+        if self.is_disabled(label):
+            raise crashes.refusal(label, self.disabled[label])
 
     def _refresh(self) -> None:
         """Drop what a write to `_wce_scripts` (by this connection or another) may have changed."""
@@ -316,10 +345,12 @@ class ScriptRegistry:
         t = self.tenant
         key = -int(page.id)  # page contexts share the compiled cache with scripts, under negative ids
         got = self._compiled.get(key)
+        label = f"page:{page.id}"
         if got is None or got[0] != page.updated_at:
-            got = (page.updated_at, runtime.compile_script(page.context, "context", f"page{page.id}.star"))
+            self.refuse_if_disabled(label)
+            got = (page.updated_at, _compile(page.context, "context", f"page{page.id}.star", label))
             self._compiled[key] = got
-        host = ScriptHost(t, Actor(None, None, role), None, f"page:{page.id}", track_reads=True)
+        host = ScriptHost(t, Actor(None, None, role), None, label, track_reads=True)
         raw = {"method": "GET", "path": page.path, "params": {}, "query": {}, "headers": {}, "body": "",
                "json": None, "user": None}
         try:
@@ -368,7 +399,9 @@ class ScriptRegistry:
         kind, source, access, path, method, tables = row
         module = self._modules.get(script_id)
         if module is None or module[0] != kind or module[1] != source:
-            module = (kind, source, runtime.compile_script(source, kind, f"{kind}{script_id}.star"))
+            label = f"{kind}:{script_id}"
+            self.refuse_if_disabled(label)
+            module = (kind, source, _compile(source, kind, f"{kind}{script_id}.star", label))
             if len(self._modules) >= MAX_MODULES:
                 self._modules.clear()
             self._modules[script_id] = module
@@ -376,3 +409,12 @@ class ScriptRegistry:
                 "tables": json.loads(tables) if tables else []}
         got = self._scripts[script_id] = (info, module[2])
         return got
+
+
+def _compile(source: str, kind: str, filename: str, label: str) -> runtime.Compiled:
+    """Compile in this worker, under the crash marker: the top level is tenant code too."""
+    marked = crash_marker.running(label)
+    try:
+        return runtime.compile_script(source, kind, filename)
+    finally:
+        crash_marker.done(marked)

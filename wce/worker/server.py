@@ -30,7 +30,7 @@ from wce.core import db
 from wce.core.errors import WceError
 from wce.core.ids import path_for
 
-from . import app, limits, sandbox
+from . import app, crash_marker, limits, sandbox
 from .pages_routes import not_modified_headers, page_headers
 from .http import StreamReply
 from .tenant import Tenant
@@ -215,6 +215,7 @@ class Worker:
             return
         self.channels.add(ch)
         scopes: dict[int, trio.CancelScope] = {}
+        gateway = hello.info.get("pid") if isinstance(hello.info.get("pid"), int) else 0  # for the crash marker
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(ch.run_writer)  # writes all the answers of a scheduler batch at once
@@ -228,7 +229,7 @@ class Worker:
                     async for msg in ch:
                         if isinstance(msg, proto.Request):
                             scope = scopes[msg.id] = trio.CancelScope()
-                            nursery.start_soon(self.run_request, ch, msg, scope, scopes)
+                            nursery.start_soon(self.run_request, ch, msg, scope, scopes, gateway)
                         elif isinstance(msg, proto.Credit):
                             if (w := self.windows.get((ch, msg.id))) is not None:
                                 w.grant(msg.size)
@@ -247,9 +248,10 @@ class Worker:
             self._check_done()
 
     async def run_request(self, ch: MessageChannel, req: proto.Request,
-                          scope: trio.CancelScope, scopes: dict[int, trio.CancelScope]) -> None:
-        """Answer one request on its channel."""
+                          scope: trio.CancelScope, scopes: dict[int, trio.CancelScope], gateway: int = 0) -> None:
+        """Answer one request on its channel (from the gateway process `gateway`)."""
         self.inflight += 1
+        mark = crash_marker.begin(gateway, req.id)
         try:
             with scope:
                 limits.arm_cpu(int(self.tenant.settings["cpu_ms_per_request"]))
@@ -266,6 +268,7 @@ class Worker:
         except (proto.BrokenChannel, trio.ClosedResourceError):
             pass
         finally:
+            crash_marker.end(mark, ch)
             scopes.pop(req.id, None)
             self.inflight -= 1
             self.last_active = trio.current_time()

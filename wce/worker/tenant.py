@@ -11,11 +11,13 @@ import apsw
 from wce.config import ServerConfig
 from wce.core import accounts, caps, cenv, db, events, schema, settings, sqlguard
 from wce.core.permissions import Access
+from wce.core.scripts import crashes
 from wce.core.session_cache import SessionCache
 from wce.core.tables import Catalog
 from wce.core.errors import RateLimited, Unauthenticated
 from wce.core.throttle import SlidingWindow, StoredWindow
 
+from . import crash_marker
 from .events_hub import EventHub
 from .scripting import ScriptRegistry
 from .triggers import TriggerRunner
@@ -57,6 +59,11 @@ class Tenant:
         self.request_limiter: SlidingWindow | None = None  # rate_limit_per_minute, per client address
         self._apply_rate_limit()
         self.scripts = ScriptRegistry(self)
+        conn.set_commit_hook(crash_marker.on_commit, id="crash_marker")  # which requests committed
+        inherited = crash_marker.take_inherited()
+        if inherited:  # predecessors that died running a script: count it against the script
+            crashes.record_all(conn, inherited)
+            self.scripts.invalidate()
         self.triggers = TriggerRunner(self)
         self.retire_after_reply = False  # set when a script hit the memory cap: answer, then exit
         # Commit hooks, then their subscribers in delivery order: pages are re-rendered before any

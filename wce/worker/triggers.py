@@ -46,7 +46,7 @@ class TriggerRunner:
             "SELECT id, name, tables FROM _wce_scripts WHERE kind = 'trigger' ORDER BY id")]
         for sid, name, watched in triggers:
             hit = tables.intersection(watched)
-            if not hit:
+            if not hit or t.scripts.is_disabled(f"trigger:{sid}"):  # disabled: crashed its worker too often
                 continue
             if depth >= MAX_DEPTH:
                 audit.record(t.conn, "trigger.depth_limit", actor=f"trigger:{name}", target=f"trigger:{sid}",
