@@ -27,7 +27,6 @@ from wce import proto
 from wce.proto.channel import MessageChannel
 from wce.config import ServerConfig
 from wce.core import db
-from wce.core.errors import WceError
 from wce.core.ids import path_for
 
 from . import app, crash_marker, limits, sandbox
@@ -255,9 +254,10 @@ class Worker:
         try:
             with scope:
                 limits.arm_cpu(int(self.tenant.settings["cpu_ms_per_request"]))
+                live = req.identity is not None and req.identity.get("confirm") and self._session_live(req.identity)
                 resp = await app.handle(self.tenant, req)
                 await self.push_pages()
-                if req.identity is not None and req.identity.get("confirm") and self._session_live(req.identity):
+                if live:
                     ch.send_nowait(proto.Notice("session", {"id": req.id}))  # the gateway may keep the token
                 if isinstance(resp, StreamReply):
                     await self.send_stream(ch, req.id, resp)
@@ -274,11 +274,13 @@ class Worker:
             self.last_active = trio.current_time()
 
     def _session_live(self, identity: dict[str, Any]) -> bool:
-        """Whether the session a request's verified token names is live (asked after the request,
-        from the session cache: no second query)."""
+        """Whether the session a request's verified token names is live. Asked before the request
+        is handled, which asks again from the session cache (no second query); never after it: the
+        request's flush ends its read of `PRAGMA data_version`, and a read after it would serve the
+        next request (a session revoked by another process in between would pass it)."""
         try:
             return self.tenant.identify(identity) is not None
-        except WceError:
+        except Exception:  # Unauthenticated, or the database failed: then the token is just not kept
             return False
 
     async def send_answer(self, ch: MessageChannel, req: proto.Request, resp: proto.Response) -> None:
