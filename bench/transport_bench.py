@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the bench package
 from bench.common import free_port, wait_port  # noqa: E402

@@ -110,6 +110,21 @@ class Server:
         return code
 
 
+def worker_of(server: Server, cenv: str, timeout: float = 30) -> int:
+    """The live worker that has the cenv's file open (waiting up to timeout for one)."""
+    name = f"/{cenv}.sqlite"
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in server.workers():
+            try:
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd")):
+                    return pid
+            except OSError:
+                continue
+        assert time.monotonic() < deadline, f"no worker has {cenv} open"
+        time.sleep(0.05)
+
+
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Server:
     """Start a server and wait until it listens."""
     data = tmp / "data"

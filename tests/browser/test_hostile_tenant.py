@@ -376,7 +376,7 @@ def test_another_cenvs_page_cannot_act_as_its_visitor(page: Any, scene: Scene) -
 
 
 def test_no_service_worker_over_another_cenv(page: Any, scene: Scene) -> None:
-    site, a, b = scene.site, scene.a, scene.b
+    a, b = scene.a, scene.b
     # bob opens A's page, which registers eve's worker (scope "/")...
     open_attack(page, a.root + "cats2", "More cats")
     registered = wait_loot(scene, "cats2")

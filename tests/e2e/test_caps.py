@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 import trio
 
 from support import (ROOT, Cenv, Server, admin_cenv, assert_safe_error, audit_count, bearer, login,
-                     processes_mentioning, sql, start_server)
+                     processes_mentioning, sql, start_server, worker_of)
 
 CEILINGS = {"memory_mb": 192, "cpu_ms_per_request": 1500, "max_db_mb": 64}
 PASSWORD = "correct horse"
@@ -45,21 +44,6 @@ def wce(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The admin CLI on the server's data folder, as its operator runs it."""
     return subprocess.run([sys.executable, "-m", "wce", "--data", str(data), *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
-
-
-def worker_of(srv: Server, cenv: str, timeout: float = 30) -> int:
-    """The live worker that has the cenv's file open."""
-    name = f"/{cenv}.sqlite"
-    deadline = time.monotonic() + timeout
-    while True:
-        for pid in srv.workers():
-            try:
-                if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd")):
-                    return pid
-            except OSError:
-                continue
-        assert time.monotonic() < deadline, f"no worker has {cenv} open"
-        time.sleep(0.05)
 
 
 def address_space(pid: int) -> tuple[int, int]:

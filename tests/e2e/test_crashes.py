@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from support import (Cenv, Server, admin_cenv, assert_safe_error, bearer, burst, link_every_gateway, sql)
+from support import Cenv, Server, admin_cenv, assert_safe_error, bearer, burst, link_every_gateway, sql, worker_of
 
 ABORT = "def handle_request(ctx):\n    return {'x': [0] * int(ctx.query.get('n', '2000000000'))}\n"
 DEEP = ("def handle_request(ctx):\n    x = []\n    for i in range(200000):\n        x = [x]\n"
@@ -33,18 +33,6 @@ async def endpoint(client: httpx.AsyncClient, c: Cenv, path: str, source: str, s
         r = await client.put(c.url(f"/api/endpoints/{sid}"), headers=bearer(c.admin), json=body)
         assert r.status_code == 200, r.text
     return int(r.json()["id"])
-
-
-def worker_of(server: Server, cenv: str) -> int:
-    """The live worker that has the cenv's file open."""
-    name = f"/{cenv}.sqlite"
-    for pid in server.workers():
-        try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd")):
-                return pid
-        except OSError:
-            continue
-    raise AssertionError(f"no worker has {cenv} open")
 
 
 def cpu_seconds(pid: int) -> float:

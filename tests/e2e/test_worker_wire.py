@@ -3,14 +3,13 @@ connection and keeps serving everyone else."""
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 
 import httpx
 import msgpack
 
-from support import Server, new_cenv
+from support import Server, new_cenv, worker_of
 from wce import proto
 from wce.config import ServerConfig
 
@@ -55,18 +54,6 @@ async def test_version_mismatch_and_garbage(client: httpx.AsyncClient, server: S
     # and the worker still serves HTTP
     assert (await client.get(f"/{cenv}/")).status_code == 200
 
-
-
-def worker_of(server: Server, cenv: str) -> int:
-    """The pid of the worker that has the cenv's file open."""
-    name = f"{cenv}.sqlite"
-    for pid in server.workers():
-        try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd")):
-                return pid
-        except OSError:
-            continue
-    raise AssertionError(f"no worker has {name} open")
 
 
 async def test_a_peer_that_greets_and_leaves_does_not_take_the_worker_down(client: httpx.AsyncClient,

@@ -17,7 +17,7 @@ import apsw
 import httpx
 import trio
 
-from support import ROOT, Server, alive, bearer, burst, link_every_gateway, login, new_cenv, sql
+from support import ROOT, Server, alive, bearer, burst, link_every_gateway, login, new_cenv, sql, worker_of
 
 PASSWORD = "correct horse"
 
@@ -340,18 +340,6 @@ async def no_gateway_answers_for(server: Server, cenv: str, token: str) -> None:
               *await burst(server, 4, "POST", f"/{cenv}/api/tables", headers=bearer(token),
                            json={"sql": "CREATE TABLE t (id INTEGER PRIMARY KEY)"})]:
         assert r.status_code == 404, (r.status_code, r.text)
-
-
-def worker_of(server: Server, cenv: str) -> int:
-    """The live worker that has the cenv's file open."""
-    name = f"/{cenv}.sqlite"
-    for pid in server.workers():
-        try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd")):
-                return pid
-        except OSError:
-            continue
-    raise AssertionError(f"no worker has {cenv} open")
 
 
 async def test_delete_returns_only_once_no_worker_serves_the_cenv(server: Server) -> None:

@@ -130,21 +130,19 @@ FORWARDED_HEADERS = {("host", "$host"), ("x-forwarded-for", "$proxy_add_x_forwar
 NGINX_TOKEN = re.compile(r"#[^\n]*|\"[^\"]*\"|'[^']*'|[{};]|[^\s{};]+")
 
 
-def nginx_proxies(text: str) -> list[tuple[list[str], set[tuple[str, str]]]]:
-    """Every block of an nginx configuration that has `proxy_pass`: (its header, the headers it
-    sets for the upstream). nginx inherits `proxy_set_header` from the enclosing block only when a
-    block sets none of its own, and so does this."""
-    found: list[tuple[list[str], set[tuple[str, str]]]] = []
-    stack: list[tuple[list[str], list[list[str]]]] = [([], [])]  # (header, directives) per open block
+Block = tuple[list[str], list[list[str]]]  # (header words, directives)
+
+
+def nginx_proxy_blocks(text: str) -> list[tuple[Block, list[Block]]]:
+    """Every block of an nginx configuration that has `proxy_pass`, with its enclosing blocks
+    (innermost first), from a small tokenizer of nginx's syntax."""
+    found: list[tuple[Block, list[Block]]] = []
+    stack: list[Block] = [([], [])]
     words: list[str] = []
 
-    def close(header: list[str], directives: list[list[str]]) -> None:
-        if any(d[0] == "proxy_pass" for d in directives):
-            for _, outer in [(header, directives), *reversed(stack)]:
-                sets = {(d[1].lower(), d[2].strip("\"'")) for d in outer if d[0] == "proxy_set_header" and len(d) == 3}
-                if sets:
-                    break
-            found.append((header, sets))
+    def close(block: Block) -> None:
+        if any(d[0] == "proxy_pass" for d in block[1]):
+            found.append((block, list(reversed(stack))))
 
     for token in NGINX_TOKEN.findall(text):
         if token.startswith("#"):
@@ -156,10 +154,25 @@ def nginx_proxies(text: str) -> list[tuple[list[str], set[tuple[str, str]]]]:
             stack.append((words, []))
             words = []
         elif token == "}":
-            close(*stack.pop())
+            close(stack.pop())
         else:
             words.append(token)
-    close(*stack.pop())
+    close(stack.pop())
+    return found
+
+
+def nginx_proxies(text: str) -> list[tuple[list[str], set[tuple[str, str]]]]:
+    """Every block that has `proxy_pass`: (its header, the headers it sets for the upstream). nginx
+    inherits `proxy_set_header` from the enclosing block only when a block sets none of its own,
+    and so does this."""
+    found = []
+    for block, outers in nginx_proxy_blocks(text):
+        sets: set[tuple[str, str]] = set()
+        for _, directives in [block, *outers]:
+            sets = {(d[1].lower(), d[2].strip("\"'")) for d in directives if d[0] == "proxy_set_header" and len(d) == 3}
+            if sets:
+                break
+        found.append((block[0], sets))
     return found
 
 
@@ -188,27 +201,9 @@ def test_nginx_configs_send_the_client_host_address_and_scheme() -> None:
 def nginx_buffering(text: str) -> list[tuple[list[str], str]]:
     """Every block with `proxy_pass`: (its header, its `proxy_buffering`, set there or inherited from
     an enclosing block, else nginx's default `on`)."""
-    found: list[tuple[list[str], str]] = []
-    stack: list[tuple[list[str], list[list[str]]]] = [([], [])]
-    words: list[str] = []
-    for token in NGINX_TOKEN.findall(text):
-        if token.startswith("#"):
-            continue
-        if token == ";":
-            stack[-1][1].append(words)
-            words = []
-        elif token == "{":
-            stack.append((words, []))
-            words = []
-        elif token == "}":
-            header, directives = stack.pop()
-            if any(d[0] == "proxy_pass" for d in directives):
-                value = next((d[1] for _, block in [(header, directives), *reversed(stack)]
-                              for d in block if d[0] == "proxy_buffering"), "on")
-                found.append((header, value))
-        else:
-            words.append(token)
-    return found
+    return [(block[0], next((d[1] for _, directives in [block, *outers] for d in directives
+                             if d[0] == "proxy_buffering"), "on"))
+            for block, outers in nginx_proxy_blocks(text)]
 
 
 def test_nginx_configs_buffer_answers_except_event_streams() -> None:

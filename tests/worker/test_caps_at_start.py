@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from support import Server, admin_cenv, alive, bearer, login, sql, start_server
+from support import Server, admin_cenv, alive, bearer, login, sql, start_server, worker_of
 
 CAP_MB = 128
 BIG = 300 * 1024 * 1024
@@ -94,21 +94,6 @@ async def test_a_worker_started_with_stale_pages_stays_under_its_cap(tmp_path: P
             assert (await client.get(target.url("/auth/me"), headers=bearer(token))).status_code == 200
     finally:
         srv.stop()
-
-
-def worker_of(srv: Server, cenv: str, timeout: float = 30) -> int:
-    """The live worker that has the cenv's file open."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for pid in srv.workers():
-            try:
-                if any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(f"/{cenv}.sqlite")
-                       for fd in os.listdir(f"/proc/{pid}/fd")):
-                    return pid
-            except OSError:
-                continue
-        assert time.monotonic() < deadline, f"no worker has {cenv} open"
-        time.sleep(0.05)
 
 
 def test_the_caps_are_in_place_before_the_tenant_is_built(tmp_path: Path) -> None:
