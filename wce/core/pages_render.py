@@ -133,9 +133,9 @@ def render_page(guard: sqlguard.Guard, access: Access, page: Page, templates: Ma
                 budget: float = QUERY_BUDGET, run_context: ContextRunner | None = None) -> Outcome:
     """Run the page's queries and its template; never raises for the page's own faults.
 
-    `read_sets` caches the tables each query text reads: finding them swaps the connection's
-    authorizer, which expires every prepared statement, so the caller keeps the answers until
-    the schema changes (a view may be redefined) and then passes a fresh dict. The queries get
+    `read_sets` caches the tables each query text reads (finding them prepares the query once
+    more), so the caller keeps the answers until the schema changes (a view may be redefined) and
+    then passes a fresh dict. The queries get
     `budget` seconds in all: renders run on the worker's only thread (and again at every start
     after a crash), so an endless query must become a render error, not a stuck worker.
     """

@@ -87,8 +87,8 @@ _SQL_BUDGET = "wce.worker.limits.sql_budget"  # the progress handler's id: scrip
 def over_budget(budget_ms: int) -> Callable[[], bool]:
     """A check that turns true once work started now has used `budget_ms` of this thread's CPU,
     three times that (at least one second more) of wall time, or the process its RLIMIT_CPU
-    budget (cpu_exceeded): the budget wce.worker.scripting.execute gives a script call, for SQL
-    that runs outside one."""
+    budget (cpu_exceeded): the budget of a script call (wce.worker.scripting.execute) and of the
+    data API's SQL (sql_budget)."""
     budget = budget_ms / 1000
     cpu0, wall0 = time.thread_time(), time.monotonic()
     wall_budget = max(budget * 3, budget + 1.0)

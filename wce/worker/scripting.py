@@ -132,13 +132,8 @@ def execute(tenant: Tenant, compiled: runtime.Compiled, raw: dict[str, Any], hos
     conn = tenant.conn
     if host.label in tenant.scripts.disabled:  # crashed its worker too often (wce.core.scripts.crashes)
         tenant.scripts.refuse_if_disabled(host.label)
-    budget = int(tenant.settings["cpu_ms_per_request"]) / 1000
-    cpu0, wall0 = time.thread_time(), time.monotonic()
-    wall_budget = max(budget * 3, budget + 1.0)
-
-    def over() -> bool:
-        return (limits.cpu_exceeded() or time.thread_time() - cpu0 > budget
-                or time.monotonic() - wall0 > wall_budget)
+    cpu0 = time.thread_time()
+    over = limits.over_budget(int(tenant.settings["cpu_ms_per_request"]))
 
     def should_stop() -> bool:
         if over():
@@ -326,7 +321,7 @@ class ScriptRegistry:
 
     def tables_read(self, sql: str) -> frozenset[str]:
         """The tables a query reads (through views too), cached per schema generation: finding out
-        prepares the statement apart, which expires apsw's statement cache."""
+        prepares the statement once more, under the guard."""
         key = (self.tenant.access.generation, sql)
         got = self._reads.get(key)
         if got is None:
