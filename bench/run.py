@@ -202,7 +202,7 @@ def run_phase(phase: Phase, args: argparse.Namespace, tmp: Path) -> dict[str, ob
     try:
         wport, bport = free_port(), free_port()
         wce = subprocess.Popen([*pin, PY, "-m", "wce", "--data", str(tmp / "data"), "serve", "--port", str(wport),
-                                "--new-per-hour", "100000", "--workers", str(phase.gateways)],
+                                "--new-per-hour", "100000", "--gateways", str(phase.gateways)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(wce)
         bare = subprocess.Popen([*pin, PY, "-m", "hypercorn", "-k", "trio", "-w", str(phase.gateways),

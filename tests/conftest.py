@@ -14,7 +14,7 @@ from support import Server, processes_mentioning, start_server
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # two gateway processes, like the default on a multi-core machine: every e2e test crosses them
-    srv = start_server(tmp_path_factory.mktemp("shared"), "--workers", "2", "--idle-timeout", "600")
+    srv = start_server(tmp_path_factory.mktemp("shared"), "--gateways", "2", "--idle-timeout", "600")
     _servers.append(srv)
     yield srv
     srv.stop()

@@ -85,7 +85,7 @@ class Server:
         return kids[0]
 
     def gateways(self) -> list[int]:
-        """The gateway processes: the server itself, or with --workers N > 1 its N children."""
+        """The gateway processes: the server itself, or with --gateways N > 1 its N children."""
         kids = [p for p in children(self.proc.pid) if alive(p) and b"wce.worker.forkserver" not in _cmdline(p)]
         return kids or [self.proc.pid]
 
@@ -128,8 +128,8 @@ def worker_of(server: Server, cenv: str, timeout: float = 30) -> int:
 def start_server(tmp: Path, *args: str, env: dict[str, str] | None = None) -> Server:
     """Start a server and wait until it listens."""
     data = tmp / "data"
-    if "--workers" not in args:  # one gateway process unless a test asks for more (tests/e2e/test_gateways.py)
-        args = ("--workers", "1", *args)
+    if "--gateways" not in args:  # one gateway process unless a test asks for more (tests/e2e/test_gateways.py)
+        args = ("--gateways", "1", *args)
     cmd = [sys.executable, "-m", "wce", "--data", str(data), "serve", "--port", "0", "--new-per-hour", "10000", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={**os.environ, **(env or {})})

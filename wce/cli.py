@@ -20,8 +20,9 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-per-hour", type=int, default=env_default("new_per_hour", d.new_per_hour),
                    help="cenvs one client address may create per hour (WCE_NEW_PER_HOUR)")
     p.add_argument("--max-body", type=int, default=env_default("max_body", d.max_body), help="request body limit in bytes")
-    p.add_argument("--workers", dest="gateways", type=int, default=env_default("gateways", d.gateways),
-                   help="gateway processes sharing the port; 0 (the default): one per core (WCE_WORKERS)")
+    p.add_argument("--gateways", type=int, default=env_default("gateways", d.gateways),
+                   help="gateway processes sharing the port; 0 (the default): one per core (WCE_GATEWAYS)")
+    p.add_argument("--workers", dest="gateways", type=int, action=_Renamed, help=argparse.SUPPRESS)
     p.add_argument("--max-workers", type=int, default=env_default("max_workers", d.max_workers), help="live worker cap")
     p.add_argument("--idle-timeout", type=float, default=env_default("idle_timeout", d.idle_timeout),
                    help="seconds before an idle worker exits")
@@ -51,6 +52,15 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
                         "debugger to one; WCE_WORKER_SANDBOX=0 does the same")
 
 
+class _Renamed(argparse.Action):
+    """An option kept under its old name: it still works, and says its new name once."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option: str | None = None) -> None:
+        print("wce: --workers is now --gateways (it counts gateway processes, not cenv workers)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _read_password(confirm: bool = True) -> str:
     if not sys.stdin.isatty():
         line = sys.stdin.readline()
@@ -61,8 +71,8 @@ def _read_password(confirm: bool = True) -> str:
     return pw
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the `wce` console script and `python -m wce`."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line: global options (`--data`) before or after the subcommand, both work."""
     parser = argparse.ArgumentParser(prog="wce", description="WCE, the Web Compute Environment")
     parser.add_argument("--data", default=env_default("data", ServerConfig().data), help="data folder (WCE_DATA)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,7 +82,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     from . import admin
 
     admin.add_parsers(sub)
-    args = parser.parse_args(argv)
+    _global_options_everywhere(sub)
+    return parser.parse_args(argv)
+
+
+def _global_options_everywhere(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Accept `--data` after any subcommand too (`wce serve --data DIR`); given there it wins, else
+    the value before the subcommand (or its default) stays."""
+    for p in sub.choices.values():
+        p.add_argument("--data", default=argparse.SUPPRESS, help="data folder (WCE_DATA)")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _global_options_everywhere(action)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `wce` console script and `python -m wce`."""
+    args = parse_args(argv)
+    from . import admin
 
     if args.command == "serve":
         from .gateway.serve import run

@@ -29,7 +29,7 @@ class ServerConfig:
     idle_timeout: float = 300.0
     hard_deadline: float = 30.0  # a worker that has not begun answering by then is killed (504)
     graceful_timeout: float = 10.0
-    gateways: int = 0  # gateway processes sharing the port (`serve --workers`); 0: one per core
+    gateways: int = 0  # gateway processes sharing the port (`serve --gateways`); 0: one per core
     # per-cenv caps: ceilings a cenv's _wce_config may lower (the operator's _wce_caps may also raise)
     memory_mb: int = 256
     cpu_ms_per_request: int = 2000
@@ -102,16 +102,21 @@ ENV = {
     "hard_deadline": "WCE_HARD_DEADLINE", "memory_mb": "WCE_MEMORY_MB",
     "cpu_ms_per_request": "WCE_CPU_MS_PER_REQUEST", "max_db_mb": "WCE_MAX_DB_MB",
     "max_import_mb": "WCE_MAX_IMPORT_MB", "access_log": "WCE_ACCESS_LOG", "metrics_token": "WCE_METRICS_TOKEN",
-    "gateways": "WCE_WORKERS", "cenv_domain": "WCE_CENV_DOMAIN", "forwarded_allow_ips": "WCE_FORWARDED_ALLOW_IPS",
+    "gateways": "WCE_GATEWAYS", "cenv_domain": "WCE_CENV_DOMAIN", "forwarded_allow_ips": "WCE_FORWARDED_ALLOW_IPS",
     "worker_sandbox": "WCE_WORKER_SANDBOX",
     "page_cache_mb": "WCE_PAGE_CACHE_MB", "send_timeout": "WCE_SEND_TIMEOUT",
 }
 SECRET_FIELDS = frozenset({"metrics_token"})
 
 
+OLD_ENV = {"gateways": "WCE_WORKERS"}  # names a setting had before, still read when the new one is unset
+
+
 def env_default(name: str, default: Any) -> Any:
     """The value of a setting's environment variable, converted to the default's type, else the default."""
     raw = os.environ.get(ENV.get(name, ""), None)
+    if raw is None and name in OLD_ENV:
+        raw = os.environ.get(OLD_ENV[name], None)
     if raw is None:
         return default
     if isinstance(default, bool):

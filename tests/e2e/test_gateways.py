@@ -1,4 +1,4 @@
-"""Several gateway processes on one port (`wce serve --workers 2`): one worker per cenv however many
+"""Several gateway processes on one port (`wce serve --gateways 2`): one worker per cenv however many
 gateways ask at once, limits that hold across gateways, a killed gateway replaced, clean shutdown."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from support import (RawClient, Server, admin_cenv, alive, assert_safe_error, be
 
 @pytest.fixture
 def two(tmp_path: Path) -> Iterator[Server]:
-    srv = start_server(tmp_path, "--workers", "2", "--idle-timeout", "600")
+    srv = start_server(tmp_path, "--gateways", "2", "--idle-timeout", "600")
     assert len(srv.gateways()) == 2
     yield srv
     assert srv.stop() == 0
@@ -74,7 +74,7 @@ async def test_cenv_rate_limit_holds_across_gateways(two: Server, client: httpx.
 
 
 async def test_new_rate_limit_holds_across_gateways(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, "--workers", "2", "--new-per-hour", "3")
+    srv = start_server(tmp_path, "--gateways", "2", "--new-per-hour", "3")
     try:
         answers = await burst(srv, 8, "POST", "/new", json={"username": "admin", "password": "correct horse"})
         assert sorted(r.status_code for r in answers) == [201] * 3 + [429] * 5
@@ -111,7 +111,7 @@ async def test_sigterm_stops_every_gateway_and_worker(two: Server, client: httpx
 
 
 async def test_idle_worker_closes_for_every_gateway_and_a_successor_serves(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, "--workers", "2", "--idle-timeout", "0.5")
+    srv = start_server(tmp_path, "--gateways", "2", "--idle-timeout", "0.5")
     try:
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
             c = await admin_cenv(client)
@@ -128,7 +128,7 @@ async def test_idle_worker_closes_for_every_gateway_and_a_successor_serves(tmp_p
 
 async def test_metrics_add_up_every_gateway(tmp_path: Path) -> None:
     token = "metrics-token-for-tests-0123456789"
-    srv = start_server(tmp_path, "--workers", "2", env={"WCE_METRICS_TOKEN": token})
+    srv = start_server(tmp_path, "--gateways", "2", env={"WCE_METRICS_TOKEN": token})
     try:
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
             c = await admin_cenv(client)
@@ -189,7 +189,7 @@ async def test_a_write_answered_by_one_gateway_is_read_back_through_the_other(tw
 
 async def test_worker_cap_holds_server_wide(tmp_path: Path) -> None:
     """Each gateway evicts its own least recently used; the fork server caps the sum."""
-    srv = start_server(tmp_path, "--workers", "2", "--max-workers", "2")
+    srv = start_server(tmp_path, "--gateways", "2", "--max-workers", "2")
     try:
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
             cenvs = [await new_cenv(client) for _ in range(4)]

@@ -210,7 +210,7 @@ async def test_requests_right_after_a_silent_death_are_served(fresh_server: Serv
 
 @pytest.mark.parametrize("gateways", ["1", "2"])
 async def test_killed_fork_server_is_replaced_and_cenvs_keep_serving(tmp_path: Path, gateways: str) -> None:
-    srv = start_server(tmp_path, "--workers", gateways)
+    srv = start_server(tmp_path, "--gateways", gateways)
     try:
         async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
             cenv = await new_cenv(client)

@@ -18,7 +18,7 @@ from test_deploy import stop_timeout
 
 @pytest.mark.parametrize("gateways", ["1", "2"])
 async def test_sigterm_stops_in_time_without_orphans_or_lost_writes(tmp_path: Path, gateways: str) -> None:
-    srv = start_server(tmp_path, "--workers", gateways)
+    srv = start_server(tmp_path, "--gateways", gateways)
     acknowledged: dict[str, list[int]] = {}
     async with httpx.AsyncClient(base_url=srv.url, timeout=30) as client:
         cenvs = [await new_cenv(client) for _ in range(3)]

@@ -1,4 +1,4 @@
-"""The parent of several gateway processes (`wce serve --workers N`, N > 1).
+"""The parent of several gateway processes (`wce serve --gateways N`, N > 1).
 
 One trio process serves about one core's worth of requests (the research in
 /work/shared/notes/perf-hypercorn-trio.md: two processes on two cores doubled throughput), so

@@ -1,5 +1,5 @@
 """`wce serve`: fork server first, then the event loop with hypercorn, the supervisor and the app;
-with several gateway processes (`--workers N`, by default one per core) each runs that event loop
+with several gateway processes (`--gateways N`, by default one per core) each runs that event loop
 under wce.gateway.master.
 
 Shutdown on SIGTERM or SIGINT: hypercorn stops accepting and lets in-flight requests finish
