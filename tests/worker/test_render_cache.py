@@ -14,7 +14,7 @@ import pytest
 from wce.core import db, pages, pages_library, schema, sqlguard
 from wce.core.events import EventBus
 from wce.core.permissions import Access
-from wce.worker.render_cache import Entry, RenderCache
+from wce.worker.render_cache import RenderCache
 
 
 @dataclass
@@ -106,10 +106,10 @@ def test_template_change_rerenders_its_dependents_only(world: World) -> None:
     other = world.page(path="/other", template="{{> footer}}")
     assert world.body(uses) == b"[]"  # the partial does not exist yet
     before = world.renders
-    pages_library.put_template(world.conn, "nav", {"source": "home"}, actor="a", ip=None)
+    pages_library.TEMPLATES.put(world.conn, "nav", {"source": "home"}, actor="a", ip=None)
     world.bus.flush()
     assert world.body(uses) == b"[home]" and world.renders == before + 1
-    pages_library.put_template(world.conn, "nav", {"source": "home | about"}, actor="a", ip=None)
+    pages_library.TEMPLATES.put(world.conn, "nav", {"source": "home | about"}, actor="a", ip=None)
     world.bus.flush()
     assert world.body(uses) == b"[home | about]" and world.body(other) == b""
     assert world.renders == before + 2
@@ -119,7 +119,7 @@ def test_value_change_rerenders_the_pages_that_read_that_key(world: World) -> No
     title = world.page(path="/t", template="{{values.title}}")
     world.page(path="/n", template="{{values.name}}")
     before = world.renders
-    pages_library.put_value(world.conn, "title", {"value": "Hello"}, actor="a", ip=None)
+    pages_library.VALUES.put(world.conn, "title", {"value": "Hello"}, actor="a", ip=None)
     world.bus.flush()
     assert world.body(title) == b"Hello" and world.renders == before + 1
 
@@ -157,12 +157,10 @@ def test_output_is_only_served_to_the_access_it_was_rendered_for(world: World) -
 
 
 def test_deleting_a_page_removes_its_output(world: World) -> None:
-    removed: list[str] = []
-    world.cache.listeners.append(lambda fresh, gone: removed.extend(gone))
     page = world.page(**NOTES)
     pages.delete_page(world.conn, page.id, actor="a", ip=None)
     world.bus.flush()
-    assert world.cache.page_at("/p") is None and removed == ["/p"]
+    assert world.cache.page_at("/p") is None and page.id not in world.cache.entries
     assert world.conn.execute("SELECT count(*) FROM _wce_render_cache").fetchall() == [(0,)]
 
 
@@ -174,16 +172,18 @@ def test_schema_change_rerenders_everything(world: World) -> None:
     assert world.renders == before + 1 and world.body(page) == b"1"
 
 
-def test_listeners_get_the_new_entries(world: World) -> None:
-    got: list[Entry] = []
-    world.cache.listeners.append(lambda fresh, gone: got.extend(fresh))
-    world.page(**NOTES)
+def test_a_commit_renders_only_the_pages_it_touches(world: World) -> None:
+    page = world.page(**NOTES)
+    first = world.cache.entries[page.id]
     world.conn.execute("INSERT INTO notes(body) VALUES ('two')")
     world.bus.flush()
+    second = world.cache.entries[page.id]
+    renders = world.renders
     world.conn.execute("INSERT INTO unrelated VALUES (1)")
     world.bus.flush()
-    assert [e.body for e in got] == [b"one;", b"one;two;"]
-    assert got[0].path == "/p" and got[0].access == "public" and got[0].content_type == "text/html; charset=utf-8"
+    assert world.renders == renders and world.cache.entries[page.id] is second
+    assert [first.body, second.body] == [b"one;", b"one;two;"]
+    assert second.path == "/p" and second.access == "public" and second.content_type == "text/html; charset=utf-8"
 
 
 def test_a_clean_restart_serves_the_stored_output_without_rendering(tmp_path: Path, world: World) -> None:

@@ -80,11 +80,6 @@ def needs_rehash(password_hash: str) -> bool:
         return True
 
 
-def new_secret() -> bytes:
-    """A fresh 256-bit signing secret."""
-    return secrets.token_bytes(32)
-
-
 def new_session_id() -> str:
     """A session id (the token's `jti`)."""
     return secrets.token_urlsafe(18)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,17 +178,6 @@ def open_snapshot(data_dir: str | os.PathLike[str], cenv_id: str,
     finally:
         _cleanup(tmp)
     return fd, os.fstat(fd).st_size
-
-
-def read_chunks(fd: int, size: int = 1 << 18) -> Iterator[bytes]:
-    """A file's bytes from the start, in pieces."""
-    offset = 0
-    while True:
-        data = os.pread(fd, size, offset)
-        if not data:
-            return
-        offset += len(data)
-        yield data
 
 
 # checking

@@ -6,9 +6,8 @@ the worker's render cache; this module only knows what a valid page is and how i
 Every change writes its audit row in the same transaction.
 
 `context` is Starlark defining `context(ctx)`: the worker compiles it when the page is saved
-(422 with line and column if it does not) and runs it at every render, so a page never renders
-without the data its author
-expected. `pages_render.render_page` has the hook point where it will run.
+(422 with line and column if it does not) and `pages_render.render_page` runs it at every render,
+so a page never renders without the data its author expected.
 """
 
 from __future__ import annotations

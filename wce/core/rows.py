@@ -34,7 +34,6 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_BULK = 1000
 OPS = {"": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "ne": "!=", "like": "LIKE", "in": "IN"}
-RESERVED = frozenset({"limit", "after", "order", "search"})
 KEY = "__wce_key"
 
 

@@ -1,7 +1,7 @@
 """The parent of several gateway processes (`wce serve --gateways N`, N > 1).
 
-One trio process serves about one core's worth of requests (the research in
-/work/shared/notes/perf-hypercorn-trio.md: two processes on two cores doubled throughput), so
+One trio process serves about one core's worth of requests (measured before this was built: two
+processes on two cores doubled throughput), so
 the server runs N gateways. They share everything a cenv needs through the fork server, which is
 the one arbiter of which worker serves which cenv and of the limits that must hold server-wide;
 workers already accept several gateway connections. What each gateway keeps to itself is cheap to

@@ -4,7 +4,7 @@ Why it exists
 -------------
 hypercorn's trio server (`hypercorn/trio/tcp_server.py`, 0.18.0) spends ~500 µs of CPU per request
 on a trivial ASGI app; the same h11 protocol code under hypercorn's uvloop worker spends ~185 µs
-(/work/shared/notes/perf-hypercorn-trio.md). The protocol code is not the cost. Two pieces of trio
+(measured with py-spy, 2026-11). The protocol code is not the cost. Two pieces of trio
 glue in `TCPServer` are (16 scheduler steps and 2 spawned tasks per request):
 
 * the keep-alive timer: on every request `TrioSingleTask.restart`/`stop` takes a `trio.Lock`,

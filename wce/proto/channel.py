@@ -5,7 +5,7 @@ Sending is split from writing. `send_nowait` only queues a whole frame; one writ
 `write()` per scheduler batch. Under load one write carries the answers (or requests) of many
 HTTP requests and wakes the peer once for all of them, where a write per message cost a syscall,
 a lock and a shielded scope each, and woke the peer process once per message (measured: the
-send path was 15-17% of both processes' CPU; see /work/shared/notes/perf-hypercorn-trio.md §4).
+send path was 15-17% of both processes' CPU in a py-spy profile of a forwarded request).
 
 Frames never interleave or tear: they are appended whole, synchronously, and only the writer
 writes. A writer cancelled in the middle of a frame breaks the channel, so nothing is ever sent

@@ -183,11 +183,6 @@ class EventHub:
             if events:
                 s.push(_encode(events))
 
-    def end_all(self) -> None:
-        """End every stream (the worker is stopping)."""
-        for s in list(self.streams):
-            s.end()
-
 
 def _encode(events: list[dict[str, Any]]) -> bytes:
     return b"".join(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events)

@@ -29,16 +29,16 @@ rendering every page there would put a cenv's whole render work (pages x budget 
 any per-request limit, and a cenv with enough slow pages would never come up within the gateway's
 hard deadline. Stale pages are not pushed to gateways until rendered.
 
-Pushing public entries to the gateway (a later issue) hangs off `listeners`: each is called with
-the entries that changed and the paths that went away, after every batch.
+Public entries reach the gateways through the worker (wce.worker.server.Worker.push_pages), which
+compares what it last pushed with `current` after every request.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -93,7 +93,6 @@ class RenderCacheStatistics:
     writes: int
 
 
-Listener = Callable[[Sequence[Entry], Sequence[str]], None]
 
 
 def header_type(content_type: str) -> str:
@@ -111,7 +110,6 @@ class RenderCache:
     guard: sqlguard.Guard
     access: Access
     clock: Callable[[], float] = time.time
-    listeners: list[Listener] = field(default_factory=list)
     run_context: ContextRunner | None = None  # runs a page's Starlark context(ctx)
 
     def __post_init__(self) -> None:
@@ -132,8 +130,8 @@ class RenderCache:
         (everything after a crash). Renders nothing: no tenant code runs here."""
         conn = self.conn
         self._load_pages()
-        self.templates = pages_library.all_templates(conn)
-        self.values = pages_library.all_values(conn)
+        self.templates = pages_library.TEMPLATES.all(conn)
+        self.values = pages_library.VALUES.all(conn)
         meta = dict(conn.execute("SELECT key, value FROM _wce_meta WHERE key IN (?, ?)", (CLEAN_KEY, STALE_KEY)))
         clean = meta.get(CLEAN_KEY) == "1"
         if meta:
@@ -210,11 +208,11 @@ class RenderCache:
         if "_wce_pages" in tables:
             dirty.update(self._load_pages())
         if "_wce_templates" in tables:
-            old, self.templates = self.templates, pages_library.all_templates(self.conn)
+            old, self.templates = self.templates, pages_library.TEMPLATES.all(self.conn)
             changed = _changed_keys(old, self.templates)
             dirty.update(pid for pid, s in self.states.items() if s.partials & changed)
         if "_wce_values" in tables:
-            old_values, self.values = self.values, pages_library.all_values(self.conn)
+            old_values, self.values = self.values, pages_library.VALUES.all(self.conn)
             changed = _changed_keys(old_values, self.values)
             dirty.update(pid for pid, s in self.states.items() if s.values & changed)
         if tables & GRANT_TABLES:
@@ -232,12 +230,10 @@ class RenderCache:
         self.by_path = {p.path: p.id for p in self.pages.values()}
         changed = {pid for pid, p in self.pages.items() if old.get(pid) != p}
         gone = set(old) - set(self.pages)
-        removed = [self.entries.pop(pid).path for pid in gone if pid in self.entries]
         for pid in gone:
+            self.entries.pop(pid, None)
             self.states.pop(pid, None)
             self.stale.discard(pid)
-        if removed:
-            self._notify([], removed)
         return changed
 
     # ------------------------------------------------------------------ rendering
@@ -245,7 +241,6 @@ class RenderCache:
     def render(self, page_ids: Iterable[int]) -> None:
         """Render these pages now, keep and persist what changed."""
         rows: list[tuple[Any, ...]] = []
-        fresh: list[Entry] = []
         now = self.clock()
         for pid in sorted(page_ids):
             page = self.pages.get(pid)
@@ -255,7 +250,7 @@ class RenderCache:
                               run_context=self.run_context)
             self._renders += 1
             self.stale.discard(pid)
-            if self._keep(page, out, now, fresh):
+            if self._keep(page, out, now):
                 rows.append(self._row(pid))
         if rows:
             with transaction(self.conn):
@@ -263,10 +258,8 @@ class RenderCache:
                     "INSERT OR REPLACE INTO _wce_render_cache(page_id, body, etag, content_type, read_tables,"
                     " rendered_at, error) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self._writes += 1
-        if fresh:
-            self._notify(fresh, [])
 
-    def _keep(self, page: Page, out: Outcome, now: float, fresh: list[Entry]) -> bool:
+    def _keep(self, page: Page, out: Outcome, now: float) -> bool:
         """Fold one outcome into the cache; True if anything worth persisting changed."""
         pid = page.id
         before = self.states.get(pid)
@@ -287,8 +280,7 @@ class RenderCache:
             ctype = header_type(page.content_type)
             if (old is None or old.etag != out.etag or old.access != page.access or old.path != page.path
                     or old.content_type != ctype):
-                self.entries[pid] = entry = Entry(pid, page.path, page.access, ctype, out.body, out.etag, now)
-                fresh.append(entry)
+                self.entries[pid] = Entry(pid, page.path, page.access, ctype, out.body, out.etag, now)
                 changed = True
             changed = changed or (before is not None and before.error is not None)
         self.states[pid] = state
@@ -301,11 +293,6 @@ class RenderCache:
                 "access": e.access if e else None, "error_at": s.error_at}
         return (pid, e.body if e else None, e.etag if e else None, e.content_type if e else None,
                 json.dumps(deps, separators=(",", ":")), e.rendered_at if e else None, s.error)
-
-    def _notify(self, fresh: Sequence[Entry], removed: Sequence[str]) -> None:
-        for listener in list(self.listeners):
-            listener(fresh, removed)
-
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
     return {k for k in old.keys() | new.keys() if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
