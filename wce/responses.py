@@ -1,6 +1,8 @@
-"""HTTP statuses of error codes, and the JSON error body: the one place the mapping lives.
+"""HTTP answers shared by the gateway and the worker (both answer HTTP): the one table of error
+codes, the one function that turns any error into an HTTP answer, JSON bytes, and the session
+cookie and origin rules.
 
-Shared by the gateway and the worker (both answer HTTP); stdlib only.
+Stdlib and wce.core.errors only.
 """
 
 from __future__ import annotations
@@ -9,22 +11,31 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
-STATUS_BY_CODE: dict[str, int] = {
-    "bad_request": 400,
-    "unauthenticated": 401,
-    "invalid_credentials": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "conflict": 409,
-    "too_large": 413,
-    "invalid": 422,
-    "rate_limited": 429,
-    "internal": 500,
-    "script_error": 500,
-    "unavailable": 503,
-    "timeout": 504,
+from wce.core.errors import (
+    BadRequest, Conflict, Forbidden, Invalid, InvalidCredentials, MethodNotAllowed, NotFound, RateLimited,
+    ScriptError, Timeout, TooLarge, Unauthenticated, Unavailable, WceError,
+)
+
+STATUS: dict[type[WceError], int] = {
+    BadRequest: 400,
+    Unauthenticated: 401,
+    InvalidCredentials: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    Conflict: 409,
+    TooLarge: 413,
+    Invalid: 422,
+    RateLimited: 429,
+    WceError: 500,  # "internal"
+    ScriptError: 500,
+    Unavailable: 503,
+    Timeout: 504,
 }
+"""The one table of error codes: each error class (its `code`, wce.core.errors) and its HTTP status."""
+
+BY_CODE: dict[str, type[WceError]] = {cls.code: cls for cls in STATUS}
+STATUS_BY_CODE: dict[str, int] = {cls.code: status for cls, status in STATUS.items()}
 
 JSON = "application/json"
 Headers = list[tuple[str, str]]
@@ -35,22 +46,36 @@ def status_for(code: str) -> int:
     return STATUS_BY_CODE.get(code, 500)
 
 
+def error_from(code: str, message: str) -> WceError:
+    """The error a peer (a worker, the fork server) named by its code, to answer as if raised here."""
+    return BY_CODE.get(code, WceError)(message)
+
+
 def json_bytes(value: Any) -> bytes:
     """Compact UTF-8 JSON."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def error_body(code: str, message: str) -> bytes:
-    """`{"error": {"code", "message"}}` as bytes."""
-    return json_bytes({"error": {"code": code, "message": message}})
+def error_answer(exc: BaseException, close: bool = False) -> tuple[int, Headers, bytes]:
+    """The HTTP answer to any error: its status, headers and the contract's body
+    `{"error": {"code", "message"}}`. Every error answer of the gateway and the worker is made here.
 
-
-def error_parts(code: str, message: str, retry_after: int | None = None) -> tuple[int, Headers, bytes]:
-    """Status, headers and body of an error response."""
+    A WceError answers with its code's status and its public message, with `Retry-After` for a
+    RateLimited and `Allow` for a MethodNotAllowed that lists methods. Anything else is a bug of
+    ours: 500 `internal`, "internal error", nothing of it shown (log it before). `close` adds
+    `Connection: close`: for an answer sent before the request's body was read to its end, whose
+    rest must never be taken for the next request.
+    """
+    if not isinstance(exc, WceError):
+        exc = WceError()
     headers: Headers = [("content-type", JSON), ("cache-control", "no-store")]
-    if retry_after is not None:
-        headers.append(("retry-after", str(retry_after)))
-    return status_for(code), headers, error_body(code, message)
+    if isinstance(exc, RateLimited):
+        headers.append(("retry-after", str(exc.retry_after)))
+    if isinstance(exc, MethodNotAllowed) and exc.allow:
+        headers.append(("allow", ", ".join(exc.allow)))
+    if close:
+        headers.append(("connection", "close"))
+    return status_for(exc.code), headers, json_bytes({"error": {"code": exc.code, "message": exc.message}})
 
 
 SESSION_COOKIE = "wce_session"  # set by the worker at login, read by the gateway on every request

@@ -15,8 +15,9 @@
     ├── Unavailable          "unavailable"
     └── Timeout              "timeout"
 
-The HTTP status of each code is decided in one place, `wce.responses`. Internal details (paths,
-tracebacks, SQL of our own tables) never go into a message.
+The HTTP status of each code is decided in one place, `wce.responses.STATUS`, which also turns a
+code back into its class. Internal details (paths, tracebacks, SQL of our own tables) never go into
+a message.
 """
 
 from __future__ import annotations
@@ -119,9 +120,3 @@ class Timeout(WceError):
 
     code = "timeout"
 
-
-BY_CODE: dict[str, type[WceError]] = {
-    cls.code: cls
-    for cls in (WceError, BadRequest, Unauthenticated, InvalidCredentials, Forbidden, NotFound,
-                MethodNotAllowed, Conflict, TooLarge, Invalid, RateLimited, ScriptError, Unavailable, Timeout)
-}

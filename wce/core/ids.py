@@ -12,7 +12,8 @@ import re
 import secrets
 from pathlib import Path
 
-ID_RE = re.compile(r"[a-z2-7]{26}")
+LENGTH = 26
+ID_RE = re.compile(rf"[a-z2-7]{{{LENGTH}}}")
 SUFFIX = ".sqlite"
 
 
@@ -23,7 +24,7 @@ def new_id() -> str:
 
 def is_id(value: str) -> bool:
     """True if value has the shape of a cenv id (says nothing about existence)."""
-    return len(value) == 26 and ID_RE.fullmatch(value) is not None
+    return len(value) == LENGTH and ID_RE.fullmatch(value) is not None
 
 
 def path_for(data_dir: str | os.PathLike[str], cenv_id: str) -> Path:

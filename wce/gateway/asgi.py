@@ -1,8 +1,10 @@
 """The gateway's ASGI entry: the one place that decides which path a request takes.
 
-`/{cenv-id}/...` is forwarded to that cenv's worker straight from the ASGI layer (no framework in
-between: this is the hot path); everything else (landing page, /new, /healthz, lifespan) goes to
-the Quart app of platform routes.
+A request's route comes from the gateway's route table (wce.gateway.routes, after
+wce.gateway.origins has said whether it is a cenv's); each route names the handler here that
+answers it. A cenv's requests are forwarded to its worker straight from the ASGI layer (no framework
+in between: this is the hot path); the platform's pages (landing page, /new, /healthz, lifespan)
+go to the Quart app of platform routes.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import trio
 
 from wce import proto
 from wce.config import ServerConfig
-from wce.core.errors import BY_CODE, Timeout, TooLarge, Unauthenticated, Unavailable, WceError
-from wce.core.ids import is_id
-from wce.responses import SESSION_COOKIE, error_parts, etag_matches
+from wce.core.errors import Timeout, TooLarge, Unauthenticated, Unavailable, WceError
+from wce.responses import SESSION_COOKIE, error_from, etag_matches
 
+from . import routes
+from .answers import send_error
 from .client import NotSent, WorkerGone
 from .fates import admin_caller
 from .editor import ASSETS, Editor
 from .forwarded import trusted_proxies
-from .logs import RequestLog, cenv_route, platform_route
+from .logs import RequestLog
 from .metrics import PAGE_CACHE_HEADER, Metrics
-from .origins import Origins, cookie_counts, preflight_headers
+from .origins import Origins, cenv_in_path, cookie_counts, preflight_headers
 from .platform import ImportRoute, MetricsRoute
 from .supervisor import Supervisor
 
@@ -33,23 +36,10 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Any, routes.Route, Any, str], Awaitable[None]]
 
 COOKIE = SESSION_COOKIE.encode() + b"="
 DROPPED_HEADERS = frozenset({b"authorization", b"cookie"})  # credentials reach the worker as `identity`
-
-
-async def send_error(send: Send, exc: WceError) -> None:
-    """Answer with the contract's error body.
-
-    A 413 is sent before the body is read, so the connection is closed after it: the unread rest
-    of the body would otherwise be taken for the next request (or stall the client's upload).
-    """
-    status, headers, body = error_parts(exc.code, exc.message, getattr(exc, "retry_after", None))
-    if isinstance(exc, TooLarge):
-        headers.append(("connection", "close"))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(k.encode(), v.encode()) for k, v in headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 class _Disconnected(Exception):
@@ -57,7 +47,8 @@ class _Disconnected(Exception):
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing (413) as soon as it is known to exceed limit.
+    """The whole request body, refusing (413) as soon as it is known to exceed limit (an error
+    raised here leaves the body unread: answer it with `send_error(..., unread=True)`).
 
     An HTTP/1 request with neither Content-Length (or a zero one) nor Transfer-Encoding has no
     body (RFC 9112 §6.3): it is not awaited, which saves a scheduler round trip per GET.
@@ -161,8 +152,14 @@ class Gateway:
         self.metrics_route = MetricsRoute(config, supervisor, self.metrics)
         self.editor = Editor(supervisor)  # /{cenv}/_/ and /_/assets/ (wce.gateway.editor)
         self.origins = Origins(config.cenv_domain)  # path or subdomain mode (wce.gateway.origins)
+        self.routes = routes.Routes(self.origins)
         self._streams: set[trio.CancelScope] = set()  # relays of streamed answers in progress
         self._ending = False
+        self._handlers: dict[str, Handler] = {  # one for each `via` of wce.gateway.routes
+            routes.APP: self._app, routes.IMPORT: self._import, routes.METRICS: self._metrics,
+            routes.ASSETS: self._assets, routes.EDITOR: self._editor, routes.WORKER: self._worker,
+            routes.SLASH: self._slash, routes.MOVED: self._moved,
+        }
 
     def end_streams(self) -> None:
         """End every relayed stream cleanly, and any started later (the server is stopping):
@@ -179,45 +176,69 @@ class Gateway:
             self.proxies.rewrite(scope)
         t0 = perf_counter()
         out = _Outcome(send)
-        path: str = scope["path"]
-        seg = path[1:27]
-        in_path = is_id(seg) and (len(path) == 27 or path[27] == "/")  # /{cenv}/...
-        cenv: str | None = None
-        rest = path
-        moved = None
-        if not self.origins.subdomains:
-            if in_path:
-                cenv, rest = seg, path[27:]
-        elif (named := self.origins.cenv_of_host(scope["headers"])) is not None:
-            cenv = named  # X.D/...: all of it is X's
-        elif in_path:
-            moved = seg  # D/X/...: X lives on its own host
-        route = cenv_route(rest) if cenv else platform_route(path)
+        route, cenv, path = self.routes.match(scope)
         try:
-            if moved is not None:
-                await self._redirect(scope, out, moved, path[27:] or "/")
-            elif cenv is None:
-                await self._platform(scope, receive, out, path)
-            elif not rest:
-                await self._redirect(scope, out, cenv, "/")
-            elif rest[:2] == "/_" and (len(rest) == 2 or rest[2] == "/"):  # the editor: ours, not sandboxed
-                if rest.startswith(ASSETS):
-                    await self.editor.asset(scope, out, rest)  # also on a cenv's own host (subdomain mode)
-                else:
-                    await self.editor.shell(scope, out, cenv, rest, "" if self.origins.subdomains else f"/{cenv}")
-            else:
-                out.extra = self.origins.cenv_headers
-                if scope["method"] == "OPTIONS" and (preflight := preflight_headers(scope)) is not None:
-                    out.extra = None
-                    await out({"type": "http.response.start", "status": 204, "headers": preflight})
-                    await out({"type": "http.response.body", "body": b""})
-                elif not await self.cached_page(scope, out, cenv, rest):
-                    await self.forward(scope, receive, out, cenv, rest)
+            await self._handlers[route.via](scope, receive, out, route, cenv, path)
         finally:
             seconds = perf_counter() - t0
-            self.metrics.observe(route, out.status, seconds)
+            self.metrics.observe(route.name, out.status, seconds)
             if self.log.enabled:
-                self.log.write(cenv, route, scope["method"], out.status, seconds, out.pid)
+                self.log.write(cenv, route.name, scope["method"], out.status, seconds, out.pid)
+
+    # The handlers of the routes: (scope, receive, send, route, cenv or None, path: inside the cenv if any)
+
+    async def _worker(self, scope: Scope, receive: Receive, send: _Outcome, route: routes.Route, cenv: str,
+                      rest: str) -> None:
+        """A cenv's request: a CORS preflight, a public page the worker pushed, or else forwarded."""
+        send.extra = self.origins.cenv_headers
+        if scope["method"] == "OPTIONS" and (preflight := preflight_headers(scope)) is not None:
+            send.extra = None
+            await send({"type": "http.response.start", "status": 204, "headers": preflight})
+            await send({"type": "http.response.body", "body": b""})
+        elif not await self.cached_page(scope, send, cenv, rest):
+            await self.forward(scope, receive, send, cenv, rest)
+
+    async def _editor(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: str,
+                      rest: str) -> None:
+        if rest.startswith(ASSETS):
+            await self.editor.asset(scope, send, route, rest)  # also on a cenv's own host (subdomain mode)
+        else:
+            await self.editor.shell(scope, send, route, cenv, rest, "" if self.origins.subdomains else f"/{cenv}")
+
+    async def _assets(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: None,
+                      path: str) -> None:
+        await self.editor.asset(scope, send, route, path)
+
+    async def _import(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: None,
+                      path: str) -> None:
+        await self.importer(scope, receive, send)
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: None,
+                       path: str) -> None:
+        await self.metrics_route(scope, receive, send)
+
+    async def _app(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: None,
+                   path: str) -> None:
+        """The platform app, with the same body limit as a cenv's requests, enforced here so that
+        every 413 is the same answer and closes the connection."""
+        try:
+            body = await read_body(scope, receive, self.config.max_body)
+        except _Disconnected:
+            return
+        except WceError as exc:
+            await send_error(send, exc, unread=True)
+            return
+        await self.platform(scope, _replay(body, receive), send)
+
+    async def _slash(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: str,
+                     rest: str) -> None:
+        await self._redirect(scope, send, cenv, "/")
+
+    async def _moved(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: None,
+                     path: str) -> None:
+        named = cenv_in_path(path)
+        assert named is not None  # routes.ELSEWHERE is only matched for such a path
+        await self._redirect(scope, send, named[0], named[1] or "/")
 
     async def _redirect(self, scope: Scope, send: Send, cenv: str, rest: str) -> None:
         """308 to `rest` of the cenv: `/X` to `/X/` in path mode; to X's own host in subdomain
@@ -233,28 +254,6 @@ class Gateway:
                     "headers": [(b"location", target.encode("latin-1")), (b"content-length", b"0"),
                                 (b"cache-control", b"no-store")]})
         await send({"type": "http.response.body", "body": b""})
-
-    async def _platform(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        if path == "/import":  # its own streamed body and limit (wce.gateway.platform.ImportRoute)
-            await self.importer(scope, receive, send)
-            return
-        if path == "/metrics":
-            await self.metrics_route(scope, receive, send)
-            return
-        if path.startswith(ASSETS):
-            await self.editor.asset(scope, send, path)
-            return
-        # Platform routes get the same body limit, enforced here so that every 413 is the same
-        # answer and closes the connection (the unread rest of a body must never be parsed as
-        # the next request).
-        try:
-            body = await read_body(scope, receive, self.config.max_body)
-        except _Disconnected:
-            return
-        except WceError as exc:
-            await send_error(send, exc)
-            return
-        await self.platform(scope, _replay(body, receive), send)
 
     async def cached_page(self, scope: Scope, send: Send, cenv: str, rest: str) -> bool:
         """The fast path: answer a GET/HEAD of a public page its live worker pushed to us, without a
@@ -298,11 +297,15 @@ class Gateway:
         """
         try:
             body = await read_body(scope, receive, self.config.max_body)
-            token, via = credentials(scope["headers"], self.origins.cookie_name(scope.get("scheme", "http")))
-            if via == "cookie" and token is not None and not cookie_counts(scope):
-                token = None  # another origin's request: it goes on as anonymous
         except _Disconnected:
             return
+        except WceError as exc:
+            await send_error(send, exc, unread=True)
+            return
+        token, via = credentials(scope["headers"], self.origins.cookie_name(scope.get("scheme", "http")))
+        try:
+            if via == "cookie" and token is not None and not cookie_counts(scope):
+                token = None  # another origin's request: it goes on as anonymous
         except WceError as exc:
             await send_error(send, exc)
             return
@@ -401,7 +404,7 @@ class Gateway:
         elif isinstance(first, proto.StreamStart):
             await self._relay_stream(send, exchange, first, receive)
         elif isinstance(first, proto.Error):
-            await send_error(send, _coded(first))
+            await send_error(send, error_from(first.code, first.message))
 
     async def _relay_stream(self, send: Send, exchange: Any, first: proto.StreamStart, receive: Receive) -> None:
         """Relay a streamed answer: an event stream (no size; ended when the server stops), or a
@@ -444,10 +447,6 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope, gone:
         pass
     gone.set()
     scope.cancel()
-
-
-def _coded(err: proto.Error) -> WceError:
-    return BY_CODE.get(err.code, WceError)(err.message)
 
 
 def _unavailable() -> WceError:

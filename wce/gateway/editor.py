@@ -24,8 +24,10 @@ from typing import Any
 
 import trio
 
-from wce.core.errors import MethodNotAllowed, NotFound, Unavailable, WceError
-from wce.responses import error_parts
+from wce.core.errors import NotFound, Unavailable, WceError
+
+from .answers import body_unread, send_error
+from .routes import Route
 
 Scope = dict[str, Any]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -102,17 +104,16 @@ class Editor:
         self._mtime = mtime
         return True
 
-    async def shell(self, scope: Scope, send: Send, cenv: str, rest: str, root: str) -> None:
+    async def shell(self, scope: Scope, send: Send, route: Route, cenv: str, rest: str, root: str) -> None:
         """`{root}/_` and everything under it (rest starts with `/_`); root is `/{cenv}` in path
-        mode, empty on the cenv's own host."""
+        mode, empty on the cenv's own host. These routes read no body (wce.gateway.answers)."""
         try:
             if rest == "/_":
                 await _send(send, scope, 308, [("location", f"{root}/_/"), ("content-length", "0")], b"")
                 return
             if rest != SHELL_PATH:
                 raise NotFound("no such page")
-            if scope["method"] not in ("GET", "HEAD"):
-                raise MethodNotAllowed("the editor page is read with GET")
+            route.check(scope["method"])
             if not self.supervisor.exists(cenv):
                 raise NotFound("no such cenv")
             if not self._load():
@@ -120,20 +121,19 @@ class Editor:
             assert self._shell is not None
             await _send(send, scope, 200, SHELL_HEADERS, self._shell)
         except WceError as exc:
-            await _send_error(send, scope, exc)
+            await send_error(send, exc, unread=body_unread(scope))
 
-    async def asset(self, scope: Scope, send: Send, path: str) -> None:
+    async def asset(self, scope: Scope, send: Send, route: Route, path: str) -> None:
         """`/_/assets/{name}`: one file of the build, compressed if the client takes it."""
         try:
             name = path[len(ASSETS):]
             if not self._load() or name not in self._names:
                 raise NotFound("no such asset")
-            if scope["method"] not in ("GET", "HEAD"):
-                raise MethodNotAllowed("assets are read with GET")
+            route.check(scope["method"])
             encoding, suffix = _encoding(scope["headers"])
             body = await self._read(name, suffix)
         except WceError as exc:
-            await _send_error(send, scope, exc)
+            await send_error(send, exc, unread=body_unread(scope))
             return
         headers = [("content-type", TYPES.get(Path(name).suffix, "application/octet-stream")),
                    ("cache-control", "public, max-age=31536000, immutable"),
@@ -181,13 +181,3 @@ async def _send(send: Send, scope: Scope, status: int, headers: list[tuple[str, 
                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
-
-async def _send_error(send: Send, scope: Scope, exc: WceError) -> None:
-    """The contract's error body. These routes never read a request body: if one may have been
-    sent (not GET/HEAD), the connection is closed so its rest is never taken for a request."""
-    status, headers, body = error_parts(exc.code, exc.message)
-    if scope["method"] not in ("GET", "HEAD"):
-        headers.append(("connection", "close"))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(k.encode(), v.encode()) for k, v in headers]})
-    await send({"type": "http.response.body", "body": body})

@@ -16,8 +16,9 @@ import msgpack
 import trio
 
 from wce.config import ServerConfig
-from wce.core.errors import BY_CODE, RateLimited, Unavailable, WceError
+from wce.core.errors import RateLimited, Unavailable
 from wce.proto.framing import FrameDecoder, frame
+from wce.responses import error_from
 
 REPLY_TIMEOUT = 30.0
 
@@ -111,16 +112,14 @@ class ForkServer:
         """Create a cenv file with its first admin user; raises the domain error on refusal."""
         reply = await self._ask({"op": "create", "cenv": cenv, "username": username, "password": password, "ip": ip})
         if not reply.get("ok"):
-            cls = BY_CODE.get(str(reply.get("code")), WceError)
-            raise cls(str(reply.get("message", "could not create the cenv")))
+            raise error_from(str(reply.get("code")), str(reply.get("message", "could not create the cenv")))
 
     async def import_file(self, cenv: str, fd: int, username: str, password: str, ip: str) -> None:
         """Check an uploaded cenv file (open at fd) and install it as cenv; the domain error on refusal."""
         reply = await self._ask({"op": "import", "cenv": cenv, "username": username, "password": password,
                                  "ip": ip}, fd)
         if not reply.get("ok"):
-            cls = BY_CODE.get(str(reply.get("code")), WceError)
-            raise cls(str(reply.get("message", "could not import the cenv")))
+            raise error_from(str(reply.get("code")), str(reply.get("message", "could not import the cenv")))
 
     async def fate(self, pid: int) -> dict[str, Any] | None:
         """How the worker pid ended, once it has (wce.worker.fates): its exit signal, and the

@@ -3,9 +3,10 @@
     {"ts":1764100000.123,"cenv":"abc...","route":"api","method":"GET","status":200,"duration_ms":1.42,"pid":1234}
 
 What is never in it: the path beyond its route class, the query string, headers (so no tokens or
-cookies), bodies (so no passwords), the client address. `cenv` is null and `route` names the
-platform route for requests outside a cenv; `pid` is the worker that answered (null if none did);
-status 0 means the client went away before an answer was sent.
+cookies), bodies (so no passwords), the client address. `route` is the class of the request's route
+(its name in wce.gateway.routes: `api`, `page`, `new`, ...); `cenv` is null outside a cenv; `pid`
+is the worker that answered (null if none did); status 0 means the client went away before an
+answer was sent.
 
 The line is built with one f-string: every value is either a number or comes from a fixed set or
 an already-validated shape (a cenv id is `[a-z2-7]{26}`; a method outside the usual ones is
@@ -18,22 +19,7 @@ import sys
 import time
 from typing import TextIO
 
-# The first path segment after the cenv id, as logged; anything else is a "page" (display mode).
-CENV_ROUTES = frozenset({"auth", "api", "fn", "_", "events"})
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-PLATFORM_ROUTES = {"/": "landing", "/new": "new", "/import": "import", "/healthz": "healthz", "/metrics": "metrics"}
-
-
-def cenv_route(rest: str) -> str:
-    """Route class of a path inside a cenv (`rest` starts with '/')."""
-    end = rest.find("/", 1)
-    seg = rest[1:end] if end > 0 else rest[1:]
-    return seg if seg in CENV_ROUTES else "page"
-
-
-def platform_route(path: str) -> str:
-    """Route class of a platform path."""
-    return PLATFORM_ROUTES.get(path, "other")
 
 
 class RequestLog:

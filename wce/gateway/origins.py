@@ -16,6 +16,9 @@ In both modes every answer of a cenv says `Access-Control-Allow-Origin: *` and n
 `Allow-Credentials`: a page elsewhere (a sandboxed page, a front end on a dev server) may call the
 API with a Bearer token, and a browser shows it only what a request without cookies may see.
 
+Which of the two a request is for is decided here (`Origins.locate`), before the route table
+(wce.gateway.routes) picks who answers it.
+
 The session cookie authenticates only requests from the cenv's own origin (and top-level
 navigations to it): `cookie_counts`.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from wce.core.errors import Forbidden
-from wce.core.ids import is_id
+from wce.core.ids import LENGTH, is_id
 from wce.responses import SESSION_COOKIE, same_origin, session_cookie
 
 Scope = dict[str, Any]
@@ -39,6 +42,15 @@ CORS: RawHeaders = [(b"access-control-allow-origin", b"*"),
 PATH_MODE_HEADERS: RawHeaders = [(b"content-security-policy", SANDBOX.encode()), *CORS]
 PREFLIGHT_MAX_AGE = b"600"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_ID_END = 1 + LENGTH  # in a path `/{id}/...`, where the id ends
+
+
+def cenv_in_path(path: str) -> tuple[str, str] | None:
+    """`/{id}` or `/{id}/...` (any well-shaped id) -> (id, the rest of the path), else None."""
+    rest = path[_ID_END:]
+    if (not rest or rest[0] == "/") and is_id(path[1:_ID_END]):
+        return path[1:_ID_END], rest
+    return None
 
 
 class Origins:
@@ -52,6 +64,20 @@ class Origins:
         self.cenv_headers: RawHeaders = list(CORS) if self.subdomains else list(PATH_MODE_HEADERS)
         self._cookies = {"http": (SESSION_COOKIE + "=").encode(),
                          "https": (session_cookie(self.subdomains, True) + "=").encode()}
+
+    def locate(self, scope: Scope) -> tuple[str | None, str, bool]:
+        """Where a request lands: `(cenv, the path inside it, False)` for a cenv's, `(None, path,
+        False)` for the platform's, and in subdomain mode `(None, path, True)` for a cenv's path on
+        the platform's host (`D/X/...`: X lives on its own host). The path inside a cenv is empty
+        for `/X` in path mode, else it starts with '/'."""
+        path: str = scope["path"]
+        named = cenv_in_path(path)
+        if not self.subdomains:
+            return (None, path, False) if named is None else (named[0], named[1], False)
+        host = self.cenv_of_host(scope["headers"])
+        if host is not None:
+            return host, path, False  # X.D/...: all of it is X's
+        return None, path, named is not None
 
     def cenv_of_host(self, headers: RawHeaders) -> str | None:
         """Subdomain mode: the cenv whose host the request names (`X.D`, any port), else None."""

@@ -3,9 +3,11 @@
 There is no platform database: creating a cenv writes one new file, through the fork server, and
 nothing else remembers it.
 
-Two platform routes are plain ASGI handlers that the dispatcher (wce.gateway.asgi) calls before
-Quart: `POST /import`, whose body is streamed to a temporary file under its own, larger limit, and
-`GET /metrics`, which is compared against an operator token and must stay cheap.
+The routes and their methods are those of the gateway's route table (wce.gateway.routes). Two
+of them are plain ASGI handlers that the dispatcher (wce.gateway.asgi) calls instead of Quart:
+`POST /import`, whose body is streamed to a temporary file under its own, larger limit, and
+`GET /metrics`, which is compared against an operator token and must stay cheap. Every error is
+answered by wce.responses.error_answer, as everywhere else.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed as HTTPMethodNotAllowed
 from werkzeug.http import parse_options_header
 from werkzeug.sansio import multipart
 
@@ -28,8 +31,10 @@ from wce.core.errors import (
     BadRequest, Forbidden, MethodNotAllowed, NotFound, RateLimited, TooLarge, Unauthenticated, WceError,
 )
 from wce.core.ids import new_id
-from wce.responses import error_parts, json_bytes
+from wce.responses import error_answer, json_bytes, status_for
 
+from . import routes
+from .answers import body_unread, send_error
 from .metrics import Metrics, MetricsFiles
 from .origins import Origins
 from .supervisor import Supervisor
@@ -60,9 +65,22 @@ def _html(title: str, body: str, status: int = 200) -> Response:
                     content_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
 
-def _error(exc: WceError) -> Response:
-    status, headers, body = error_parts(exc.code, exc.message, getattr(exc, "retry_after", None))
+def _error(exc: BaseException) -> Response:
+    status, headers, body = error_answer(exc)
     return Response(body, status=status, headers=dict(headers))
+
+
+def _from_werkzeug(exc: HTTPException) -> WceError:
+    """Quart's own refusals (no route for a path or method, a form it cannot parse) as our errors."""
+    if isinstance(exc, HTTPMethodNotAllowed):
+        return MethodNotAllowed("method not allowed here", list(exc.valid_methods or ()))
+    if exc.code == 404:
+        return NotFound("no such page")
+    if exc.code == 413:
+        return TooLarge("request body too large")
+    if exc.code is not None and exc.code < 500:
+        return BadRequest("bad request")
+    return WceError()
 
 
 NEW_FORM = """<h1>Create a cenv</h1>
@@ -83,18 +101,15 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
     app.config["MAX_CONTENT_LENGTH"] = config.max_body
     origins = Origins(config.cenv_domain)
 
-    @app.get("/")
     async def landing() -> Response:
         link = '<p><a href="/new">Create a cenv</a></p>' if config.public_new else "<p>Cenv creation is closed on this server.</p>"
         return _html("WCE", "<h1>WCE: the Web Compute Environment</h1><p>Small web applications, each one SQLite file.</p>" + link)
 
-    @app.get("/new")
     async def new_form() -> Response:
         if not config.public_new:
             return _html("WCE", "<h1>Cenv creation is closed on this server</h1>", 403)
         return _html("Create a cenv", NEW_FORM.format(error="", username=""))
 
-    @app.post("/new")
     async def new_create() -> Response:
         is_json = request.mimetype == "application/json"
         fields: dict[str, Any] = {}
@@ -120,8 +135,7 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
                 return _error(exc)
             msg = f'<p class="err">{html.escape(exc.message)}</p>'
             name = html.escape(str(fields.get("username", ""))) if isinstance(fields.get("username"), str) else ""
-            status, _, _ = error_parts(exc.code, exc.message)
-            return _html("Create a cenv", NEW_FORM.format(error=msg, username=name), status)
+            return _html("Create a cenv", NEW_FORM.format(error=msg, username=name), status_for(exc.code))
         url = origins.cenv_url(request.scheme, request.host, cenv)
         if is_json:
             return Response(json_bytes({"cenv": cenv, "url": url}), status=201,
@@ -132,7 +146,6 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
 <p><code>{safe}</code></p>
 <p><a href="{safe}_/">Open the editor</a> (sign in with the account you just chose) or <a href="{safe}">the cenv itself</a></p>""", 201)
 
-    @app.get("/healthz")
     async def healthz() -> Response:
         try:  # the worker protections active on this host, as the fork server found them at start
             sandbox = json.loads(config.sandbox_status_path.read_bytes())
@@ -141,22 +154,23 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
         return Response(json_bytes({"status": "ok", "workers": supervisor.statistics().live, "sandbox": sandbox}),
                         content_type="application/json", headers={"cache-control": "no-store"})
 
+    views = {("landing", "GET"): landing, ("new", "GET"): new_form, ("new", "POST"): new_create,
+             ("healthz", "GET"): healthz}
+    for route in routes.PLATFORM:
+        if route.via == routes.APP:
+            for method in route.methods:
+                app.add_url_rule(route.path, f"{route.name}_{method.lower()}", views.pop((route.name, method)),
+                                 methods=[method])
+    assert not views, f"views of no route: {sorted(views)}"
+
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.code or 500, "internal")
-        message = {404: "no such page", 405: "method not allowed here", 413: "request body too large"}.get(
-            exc.code or 500, "bad request")
-        status, headers, body = error_parts(code, message)
-        out = dict(headers)
-        valid = getattr(exc, "valid_methods", None)
-        if valid:
-            out["allow"] = ", ".join(sorted(valid))
-        return Response(body, status=exc.code or status, headers=out)
+        return _error(_from_werkzeug(exc))
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
         app.logger.exception("unhandled error")
-        return _error(WceError("internal error"))
+        return _error(exc)
 
     return app
 
@@ -188,6 +202,8 @@ class ImportRoute:
     cenv; 403 when the credentials are not those of an enabled admin of the file.
     """
 
+    route = routes.by_name("import")
+
     def __init__(self, config: ServerConfig, supervisor: Supervisor, metrics: Metrics) -> None:
         self.config = config
         self.supervisor = supervisor
@@ -203,18 +219,13 @@ class ImportRoute:
         except WceError as exc:
             if not isinstance(exc, (MethodNotAllowed, RateLimited)):
                 self.metrics.imports["refused"] += 1
-            # the body may be unread: close the connection, so its rest is never taken for a request
-            status, headers, body = error_parts(exc.code, exc.message, getattr(exc, "retry_after", None))
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(k.encode(), v.encode()) for k, v in (*headers, ("connection", "close"))]})
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, exc, unread=True)  # the body may be unread at any point
             return
         self.metrics.imports["ok"] += 1
         await _send_json(send, 201, {"cenv": cenv, "url": url}, [("location", url)])
 
     async def _handle(self, scope: Scope, receive: Receive) -> tuple[str, str]:
-        if scope["method"] != "POST":
-            raise MethodNotAllowed("use POST to upload a cenv file")
+        self.route.check(scope["method"])
         if not self.config.public_new:
             raise Forbidden("importing cenvs is turned off on this server")
         client = (scope.get("client") or ("",))[0]
@@ -302,6 +313,8 @@ class MetricsRoute:
     compared in constant time; a missing or wrong one is 401.
     """
 
+    route = routes.by_name("metrics")
+
     def __init__(self, config: ServerConfig, supervisor: Supervisor, metrics: Metrics) -> None:
         self.token = config.metrics_token.encode()
         self.supervisor = supervisor
@@ -309,11 +322,19 @@ class MetricsRoute:
         self.files: MetricsFiles | None = None  # set when several gateway processes share the port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from .asgi import send_error
-
-        if not self.token:
-            await send_error(send, NotFound("no such page"))
+        try:
+            body = self._answer(scope)
+        except WceError as exc:
+            await send_error(send, exc, unread=body_unread(scope))
             return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                                (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    def _answer(self, scope: Scope) -> bytes:
+        if not self.token:
+            raise NotFound("no such page")
         given = b""
         for k, v in scope["headers"]:
             if k == b"authorization":
@@ -321,18 +342,10 @@ class MetricsRoute:
                 if scheme.lower() != b"bearer":
                     given = b""
         if not hmac.compare_digest(given.strip(), self.token):
-            await send_error(send, Unauthenticated("a valid metrics token is required"))
-            return
-        if scope["method"] not in ("GET", "HEAD"):
-            await send_error(send, MethodNotAllowed("use GET"))
-            return
+            raise Unauthenticated("a valid metrics token is required")
+        self.route.check(scope["method"])
         stats = self.supervisor.statistics()
         if self.files is not None:
-            body = self.files.render(self.metrics, stats.events).encode()
-        else:
-            body = self.metrics.render(stats.live, stats.events).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                                (b"cache-control", b"no-store")]})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+            return self.files.render(self.metrics, stats.events).encode()
+        return self.metrics.render(stats.live, stats.events).encode()
 

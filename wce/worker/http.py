@@ -12,7 +12,7 @@ from wce import proto
 from wce.core.accounts import User
 from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthenticated, WceError
 from wce.core.rows import parse_int
-from wce.responses import JSON, error_parts, json_bytes, same_origin
+from wce.responses import JSON, error_answer, json_bytes, same_origin
 
 from .tenant import Tenant
 
@@ -55,12 +55,8 @@ def json_reply(value: Any, status: int = 200, headers: Iterable[tuple[str, str]]
 
 
 def error_reply(exc: WceError) -> Reply:
-    """The contract's error shape for a domain error."""
-    retry = getattr(exc, "retry_after", None)
-    status, headers, body = error_parts(exc.code, exc.message, retry)
-    if isinstance(exc, MethodNotAllowed) and exc.allow:
-        headers.append(("allow", ", ".join(exc.allow)))
-    return Reply(status, headers, body)
+    """The answer to an error (wce.responses.error_answer, as the gateway answers its own)."""
+    return Reply(*error_answer(exc))
 
 
 @dataclass(slots=True)
