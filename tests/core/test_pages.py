@@ -118,24 +118,24 @@ def test_page_storage_and_audit(conn: apsw.Connection) -> None:
 
 
 def test_templates_and_values_storage(conn: apsw.Connection) -> None:
-    t, created = pages_library.put_template(conn, "layout", {"source": "<main>{{$body}}{{/body}}</main>"}, actor="a", ip=None)
+    t, created = pages_library.TEMPLATES.put(conn, "layout", {"source": "<main>{{$body}}{{/body}}</main>"}, actor="a", ip=None)
     assert created and t.name == "layout"
-    _, created = pages_library.put_template(conn, "layout", {"source": "v2"}, actor="a", ip=None)
-    assert not created and pages_library.all_templates(conn) == {"layout": "v2"}
+    _, created = pages_library.TEMPLATES.put(conn, "layout", {"source": "v2"}, actor="a", ip=None)
+    assert not created and pages_library.TEMPLATES.all(conn) == {"layout": "v2"}
     with pytest.raises(Invalid):
-        pages_library.put_template(conn, "bad/name", {"source": ""}, actor="a", ip=None)
+        pages_library.TEMPLATES.put(conn, "bad/name", {"source": ""}, actor="a", ip=None)
     with pytest.raises(Invalid, match="line"):
-        pages_library.put_template(conn, "broken", {"source": "{{/x}}"}, actor="a", ip=None)
-    v, created = pages_library.put_value(conn, "site", {"value": {"title": "Hi", "n": [1, 2]}}, actor="a", ip=None)
+        pages_library.TEMPLATES.put(conn, "broken", {"source": "{{/x}}"}, actor="a", ip=None)
+    v, created = pages_library.VALUES.put(conn, "site", {"value": {"title": "Hi", "n": [1, 2]}}, actor="a", ip=None)
     assert created and v.value == {"title": "Hi", "n": [1, 2]}
     with pytest.raises(Invalid):
-        pages_library.put_value(conn, "a.b", {"value": 1}, actor="a", ip=None)
+        pages_library.VALUES.put(conn, "a.b", {"value": 1}, actor="a", ip=None)
     with pytest.raises(BadRequest):
-        pages_library.put_value(conn, "k", {"other": 1}, actor="a", ip=None)
-    pages_library.delete_value(conn, "site", actor="a", ip=None)
-    pages_library.delete_template(conn, "layout", actor="a", ip=None)
+        pages_library.VALUES.put(conn, "k", {"other": 1}, actor="a", ip=None)
+    pages_library.VALUES.delete(conn, "site", actor="a", ip=None)
+    pages_library.TEMPLATES.delete(conn, "layout", actor="a", ip=None)
     with pytest.raises(NotFound):
-        pages_library.get_value(conn, "site")
+        pages_library.VALUES.get(conn, "site")
     actions = [r[0] for r in conn.execute("SELECT action FROM _wce_audit_log ORDER BY id")]
     assert actions == ["template.put", "template.put", "value.put", "value.delete", "template.delete"]
 

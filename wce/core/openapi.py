@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 document of one cenv, as one caller sees it.
 
-Built from what exists (tables and their columns, endpoints and their declared operations) and
-what the caller may do (grants): a table the caller cannot select is absent, the admin routes
-appear only for admins. Every operation documents its errors with the contract's error schema
+The fixed routes come documented from the worker's route table (wce.worker.routes), already
+chosen for the caller (admin routes only for admins). This module adds what depends on the cenv's
+data and the caller's rights: the rows routes of each table the caller may reach (its columns as a
+schema, the methods its grants allow), each `/fn/` endpoint and each page the caller may call,
+and the envelope. Every operation documents its errors with the contract's error schema
 (`default`), so a fuzzer can check each answer against the document.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .pages import Page
 from .permissions import Access, Actor
 from .rows import affinity
 from .scripts.routing import parse_pattern
@@ -36,11 +39,14 @@ def _json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {JSON: {"schema": schema}}}
 
 
+ERROR_ANSWER = {"description": "an error", "content": {JSON: {"schema": _ref("Error")}}}
+
+
 def _ok(status: str, schema: dict[str, Any] | None, description: str = "success") -> dict[str, Any]:
     out: dict[str, Any] = {status: {"description": description}}
     if schema is not None:
         out[status]["content"] = {JSON: {"schema": schema}}
-    out["default"] = {"description": "an error", "content": {JSON: {"schema": _ref("Error")}}}
+    out["default"] = ERROR_ANSWER
     return out
 
 
@@ -108,12 +114,15 @@ def _table_paths(table: Table, access: Access, actor: Actor) -> dict[str, Any]:
     return paths
 
 
+def _may_call(access: str, actor: Actor) -> bool:
+    """Whether an endpoint's or a page's access level ("public", "user", "admin") lets the actor in."""
+    return access == "public" or (access == "user" and actor.user_id is not None) or actor.is_admin
+
+
 def _endpoint_paths(endpoints: list[dict[str, Any]], actor: Actor) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for ep in endpoints:
-        if ep["access"] == "admin" and not actor.is_admin:
-            continue
-        if ep["access"] == "user" and actor.user_id is None:
+        if not _may_call(ep["access"], actor):
             continue
         pattern = parse_pattern(ep["path"])
         path = "/fn" + (ep["path"] if ep["path"] != "/" else "")
@@ -123,6 +132,8 @@ def _endpoint_paths(endpoints: list[dict[str, Any]], actor: Actor) -> dict[str, 
             "summary": declared.get("summary", f"{ep['method']} {ep['path']} (Starlark)"),
             "responses": declared.get("responses") or {"default": {"description": "whatever the script answers"}},
         }
+        if isinstance(op["responses"], dict):  # the platform's errors (access, budget, a failing script)
+            op["responses"].setdefault("default", ERROR_ANSWER)
         for k in ("description", "tags", "requestBody", "deprecated"):
             if k in declared:
                 op[k] = declared[k]
@@ -134,100 +145,30 @@ def _endpoint_paths(endpoints: list[dict[str, Any]], actor: Actor) -> dict[str, 
     return paths
 
 
+def _page_paths(pages: list[Page], actor: Actor) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for page in pages:
+        if _may_call(page.access, actor):
+            paths[page.path] = {"get": _op(f"page_{page.id}", f"the page at {page.path}", {
+                "200": {"description": "the rendered page", "content": {page.content_type: {"schema": {"type": "string"}}}},
+                "304": {"description": "not modified since the ETag given in If-None-Match"},
+                "default": ERROR_ANSWER})}
+    return paths
+
+
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["code", "message"],
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
 USER = {"type": "object", "required": ["id", "username", "role"],
         "properties": {"id": {"type": "integer"}, "username": {"type": "string"}, "role": {"type": "string"}}}
-CREDENTIALS = {"type": "object", "required": ["username", "password"], "properties": {
-    "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
-    "password": {"type": "string", "minLength": 8, "maxLength": 1024}}}
-ANY_OBJECT = {"type": "object"}
 
 
-def _auth_paths() -> dict[str, Any]:
-    return {
-        "/auth/login": {"post": _op("login", "sign in", _ok("200", {"type": "object", "required": ["token", "expires_at", "user"],
-                        "properties": {"token": {"type": "string"}, "expires_at": {"type": "integer"}, "user": _ref("User")}}),
-                        requestBody=_json_body(CREDENTIALS), security=[])},
-        "/auth/logout": {"post": _op("logout", "sign out (revokes the session)", _ok("204", None))},
-        "/auth/register": {"post": _op("register", "sign up when registration is open",
-                           _ok("201", {"type": "object", "properties": {"user": _ref("User")}}),
-                           requestBody=_json_body(CREDENTIALS), security=[])},
-        "/auth/me": {"get": _op("me", "the signed-in user", _ok("200", _ref("User")))},
-        "/auth/password": {"post": _op("change_password", "change one's password", _ok("204", None),
-                           requestBody=_json_body({"type": "object", "required": ["old_password", "new_password"], "properties": {
-                               "old_password": {"type": "string"}, "new_password": {"type": "string", "minLength": 8}}}))},
-    }
-
-
-def _admin_paths() -> dict[str, Any]:
-    table_param = [{"name": "table", "in": "path", "required": True, "schema": {"type": "string"}}]
-    id_param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}]
-    grants = {"type": "object", "required": ["roles"], "properties": {"roles": {"type": "object", "additionalProperties": {
-        "type": "object", "properties": {a: {"type": "boolean"} for a in ("select", "insert", "update", "delete")}}}}}
-    policy = {"type": "object", "required": ["role", "action"], "properties": {
-        "role": {"type": "string"}, "action": {"type": "string", "enum": ["select", "insert", "update", "delete", "all"]},
-        "using": {"type": ["string", "null"]}, "check": {"type": ["string", "null"]}}}
-    script = {"type": "object"}
-    return {
-        "/api/tables/{table}": {"parameters": table_param, "delete": _op("drop_table", "drop a table", _ok("204", None))},
-        "/api/permissions/{table}": {"parameters": table_param,
-                                     "get": _op("get_permissions", "grants of a table", _ok("200", grants)),
-                                     "put": _op("put_permissions", "replace the grants", _ok("200", grants), requestBody=_json_body(grants))},
-        "/api/policies/{table}": {"parameters": table_param,
-                                  "get": _op("get_policies", "row policies of a table", _ok("200", {"type": "array", "items": policy})),
-                                  "put": _op("put_policies", "replace the row policies", _ok("200", {"type": "array", "items": policy}),
-                                             requestBody=_json_body({"type": "array", "items": policy}))},
-        "/api/users": {"get": _op("list_users", "users", _ok("200", ANY_OBJECT)),
-                       "post": _op("create_user", "add a user", _ok("201", ANY_OBJECT), requestBody=_json_body({
-                           **CREDENTIALS, "properties": {**CREDENTIALS["properties"], "role": {"type": "string"}}}))},
-        "/api/users/{id}": {"parameters": id_param,
-                            "patch": _op("update_user", "change a user", _ok("200", ANY_OBJECT), requestBody=_json_body({
-                                "type": "object", "properties": {"role": {"type": "string"}, "disabled": {"type": "boolean"},
-                                                                 "password": {"type": "string"}}})),
-                            "delete": _op("delete_user", "remove a user", _ok("204", None))},
-        "/api/config": {"get": _op("get_config", "settings", _ok("200", ANY_OBJECT)),
-                        "patch": _op("patch_config", "change settings", _ok("200", ANY_OBJECT), requestBody=_json_body(ANY_OBJECT))},
-        "/api/audit": {"get": _op("audit", "audit log, newest first", _ok("200", ANY_OBJECT), parameters=[
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-            {"name": "before", "in": "query", "schema": {"type": "integer"}}])},
-        "/api/endpoints": {"get": _op("list_endpoints", "endpoints", _ok("200", ANY_OBJECT)),
-                           "post": _op("create_endpoint", "add an endpoint", _ok("201", script), requestBody=_json_body(script))},
-        "/api/endpoints/{id}": {"parameters": id_param,
-                                "get": _op("get_endpoint", "an endpoint", _ok("200", script)),
-                                "put": _op("put_endpoint", "replace an endpoint", _ok("200", script), requestBody=_json_body(script)),
-                                "delete": _op("delete_endpoint", "remove an endpoint", _ok("204", None))},
-        "/api/endpoints/{id}/test": {"parameters": id_param,
-                                     "post": _op("test_endpoint", "run on a sample request (rolled back)", _ok("200", ANY_OBJECT),
-                                                 requestBody=_json_body(ANY_OBJECT, required=False))},
-        "/api/triggers": {"get": _op("list_triggers", "triggers", _ok("200", ANY_OBJECT)),
-                          "post": _op("create_trigger", "add a trigger", _ok("201", script), requestBody=_json_body(script))},
-        "/api/triggers/{id}": {"parameters": id_param,
-                               "get": _op("get_trigger", "a trigger", _ok("200", script)),
-                               "put": _op("put_trigger", "replace a trigger", _ok("200", script), requestBody=_json_body(script)),
-                               "delete": _op("delete_trigger", "remove a trigger", _ok("204", None))},
-        "/api/logs": {"get": _op("script_logs", "what scripts printed", _ok("200", ANY_OBJECT), parameters=[
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-            {"name": "before", "in": "query", "schema": {"type": "integer"}}])},
-    }
-
-
-def document(cenv: str, tables: list[Table], access: Access, actor: Actor, endpoints: list[dict[str, Any]],
-             extra_admin_paths: dict[str, Any] | None = None, root: str | None = None) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of a cenv for one caller; `root` is the cenv's path on its host
-    (`/{cenv}` in path mode, the default; empty on its own host)."""
-    paths: dict[str, Any] = {
-        **_auth_paths(),
-        "/api/tables": {"get": _op("list_tables", "tables you may read", _ok("200", {"type": "object", "properties": {
-            "tables": {"type": "array", "items": ANY_OBJECT}}}))},
-        "/api/openapi.json": {"get": _op("openapi", "this document", _ok("200", ANY_OBJECT))},
-    }
-    if actor.is_admin:
-        paths["/api/tables"]["post"] = _op("create_table", "create a table or index", _ok("201", ANY_OBJECT),
-                                          requestBody=_json_body(ANY_OBJECT))
-        paths.update(_admin_paths())
-        paths.update(extra_admin_paths or {})
+def document(cenv: str, routes: dict[str, Any], tables: list[Table], access: Access, actor: Actor,
+             endpoints: list[dict[str, Any]], pages: list[Page], root: str | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a cenv for one caller: `routes` are the paths of the worker's
+    fixed routes this caller may see; `root` is the cenv's path on its host (`/{cenv}` in path
+    mode, the default; empty on its own host). A page at `/` replaces the cenv's front page."""
+    paths: dict[str, Any] = {**routes, **_page_paths(pages, actor)}
     schemas: dict[str, Any] = {"Error": ERROR, "User": USER}
     for t in tables:
         if access.allowed(actor.role, t.name, "select") or any(

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import apsw
 
@@ -51,6 +52,9 @@ class Value:
         return {"key": self.key, "value": self.value, "updated_at": self.updated_at}
 
 
+Item = TypeVar("Item", Template, Value)
+
+
 def check_template_name(name: str) -> str:
     """Letters, digits, `_ . -`; up to 64 characters."""
     if not _TEMPLATE_NAME.match(name):
@@ -65,75 +69,19 @@ def check_value_key(key: str) -> str:
     return key
 
 
-def all_templates(conn: apsw.Connection) -> dict[str, str]:
-    """Every template's source by name."""
-    return {str(name): str(source) for name, source in conn.execute("SELECT name, source FROM _wce_templates")}
-
-
-def list_templates(conn: apsw.Connection) -> list[Template]:
-    """Every template, by name."""
-    return [Template(*r) for r in conn.execute("SELECT name, source, updated_at FROM _wce_templates ORDER BY name")]
-
-
-def get_template(conn: apsw.Connection, name: str) -> Template:
-    """One template, or NotFound."""
-    row = conn.execute("SELECT name, source, updated_at FROM _wce_templates WHERE name = ?", (name,)).fetchone()
-    if row is None:
-        raise NotFound("no such template")
-    return Template(*row)
-
-
-def put_template(conn: apsw.Connection, name: str, body: dict[str, Any], *, actor: str | None,
-                 ip: str | None) -> tuple[Template, bool]:
-    """Create or replace a template from `{"source": MUSTACHE}`; (template, created)."""
-    check_template_name(name)
+def _template_text(name: str, body: dict[str, Any]) -> str:
+    """`{"source": MUSTACHE}`: the source, checked."""
     source = body.get("source")
     if not isinstance(source, str):
         raise BadRequest("'source' must be a string")
     if len(source.encode()) > MAX_TEMPLATE:
         raise Invalid(f"a template is limited to {MAX_TEMPLATE} bytes")
     check_template(source, f"template {name}")
-    with transaction(conn):
-        created = conn.execute("SELECT 1 FROM _wce_templates WHERE name = ?", (name,)).fetchone() is None
-        conn.execute("INSERT INTO _wce_templates(name, source, updated_at) VALUES (?, ?, ?)"
-                     " ON CONFLICT(name) DO UPDATE SET source = excluded.source, updated_at = excluded.updated_at",
-                     (name, source, time.time()))
-        audit.record(conn, "template.put", actor=actor, target=name, ip=ip)
-    return get_template(conn, name), created
+    return source
 
 
-def delete_template(conn: apsw.Connection, name: str, *, actor: str | None, ip: str | None) -> None:
-    """Delete a template; pages that use it render it as empty text from now on."""
-    with transaction(conn):
-        conn.execute("DELETE FROM _wce_templates WHERE name = ?", (name,))
-        if conn.changes() == 0:
-            raise NotFound("no such template")
-        audit.record(conn, "template.delete", actor=actor, target=name, ip=ip)
-
-
-def all_values(conn: apsw.Connection) -> dict[str, Any]:
-    """Every value by key, decoded."""
-    return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM _wce_values")}
-
-
-def list_values(conn: apsw.Connection) -> list[Value]:
-    """Every value, by key."""
-    return [Value(k, json.loads(v), t)
-            for k, v, t in conn.execute("SELECT key, value, updated_at FROM _wce_values ORDER BY key")]
-
-
-def get_value(conn: apsw.Connection, key: str) -> Value:
-    """One value, or NotFound."""
-    row = conn.execute("SELECT key, value, updated_at FROM _wce_values WHERE key = ?", (key,)).fetchone()
-    if row is None:
-        raise NotFound("no such value")
-    return Value(row[0], json.loads(row[1]), row[2])
-
-
-def put_value(conn: apsw.Connection, key: str, body: dict[str, Any], *, actor: str | None,
-              ip: str | None) -> tuple[Value, bool]:
-    """Create or replace a value from `{"value": ANY_JSON}`; (value, created)."""
-    check_value_key(key)
+def _value_text(key: str, body: dict[str, Any]) -> str:
+    """`{"value": ANY_JSON}`: the value as compact JSON text."""
     if "value" not in body:
         raise BadRequest("the body must be {\"value\": ...}")
     try:
@@ -142,19 +90,62 @@ def put_value(conn: apsw.Connection, key: str, body: dict[str, Any], *, actor: s
         raise BadRequest("'value' must be plain JSON") from None
     if len(text.encode()) > MAX_VALUE:
         raise Invalid(f"a value is limited to {MAX_VALUE} bytes of JSON")
-    with transaction(conn):
-        created = conn.execute("SELECT 1 FROM _wce_values WHERE key = ?", (key,)).fetchone() is None
-        conn.execute("INSERT INTO _wce_values(key, value, updated_at) VALUES (?, ?, ?)"
-                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                     (key, text, time.time()))
-        audit.record(conn, "value.put", actor=actor, target=key, ip=ip)
-    return get_value(conn, key), created
+    return text
 
 
-def delete_value(conn: apsw.Connection, key: str, *, actor: str | None, ip: str | None) -> None:
-    """Delete a value; pages that read it see nothing there from now on."""
-    with transaction(conn):
-        conn.execute("DELETE FROM _wce_values WHERE key = ?", (key,))
-        if conn.changes() == 0:
-            raise NotFound("no such value")
-        audit.record(conn, "value.delete", actor=actor, target=key, ip=ip)
+@dataclass(frozen=True, slots=True)
+class Shelf(Generic[Item]):
+    """One kind of shared item, stored as (key, text, updated_at) rows of its table: its key is
+    checked by `check`, a body becomes the stored text by `encode` and the text is read back by
+    `decode`. A deleted item is gone for the pages at once: a template renders as empty text, a
+    value as nothing."""
+
+    noun: str  # "template": audit actions `template.put` / `template.delete`, "no such template"
+    table: str
+    key: str
+    column: str
+    item: Callable[[str, Any, float], Item]
+    check: Callable[[str], str]
+    encode: Callable[[str, dict[str, Any]], str]
+    decode: Callable[[str], Any]
+
+    def all(self, conn: apsw.Connection) -> dict[str, Any]:
+        """Every item's content by key, decoded."""
+        return {str(k): self.decode(v) for k, v in conn.execute(f"SELECT {self.key}, {self.column} FROM {self.table}")}
+
+    def items(self, conn: apsw.Connection) -> list[Item]:
+        """Every item, by key."""
+        return [self.item(k, self.decode(v), t) for k, v, t in conn.execute(
+            f"SELECT {self.key}, {self.column}, updated_at FROM {self.table} ORDER BY {self.key}")]
+
+    def get(self, conn: apsw.Connection, key: str) -> Item:
+        """One item, or NotFound."""
+        row = conn.execute(f"SELECT {self.key}, {self.column}, updated_at FROM {self.table} WHERE {self.key} = ?",
+                           (key,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such {self.noun}")
+        return self.item(row[0], self.decode(row[1]), row[2])
+
+    def put(self, conn: apsw.Connection, key: str, body: dict[str, Any], *, actor: str | None,
+            ip: str | None) -> tuple[Item, bool]:
+        """Create or replace an item from a request body; (item, created)."""
+        text = self.encode(self.check(key), body)
+        with transaction(conn):
+            created = conn.execute(f"SELECT 1 FROM {self.table} WHERE {self.key} = ?", (key,)).fetchone() is None
+            conn.execute(f"INSERT INTO {self.table}({self.key}, {self.column}, updated_at) VALUES (?, ?, ?)"
+                         f" ON CONFLICT({self.key}) DO UPDATE SET {self.column} = excluded.{self.column},"
+                         " updated_at = excluded.updated_at", (key, text, time.time()))
+            audit.record(conn, f"{self.noun}.put", actor=actor, target=key, ip=ip)
+        return self.get(conn, key), created
+
+    def delete(self, conn: apsw.Connection, key: str, *, actor: str | None, ip: str | None) -> None:
+        """Delete an item."""
+        with transaction(conn):
+            conn.execute(f"DELETE FROM {self.table} WHERE {self.key} = ?", (key,))
+            if conn.changes() == 0:
+                raise NotFound(f"no such {self.noun}")
+            audit.record(conn, f"{self.noun}.delete", actor=actor, target=key, ip=ip)
+
+
+TEMPLATES = Shelf("template", "_wce_templates", "name", "source", Template, check_template_name, _template_text, str)
+VALUES = Shelf("value", "_wce_values", "key", "value", Value, check_value_key, _value_text, json.loads)

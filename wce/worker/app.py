@@ -1,7 +1,9 @@
-"""A worker's HTTP surface: the router, and turning any outcome into exactly one response.
+"""A worker's HTTP surface: its route table, and turning any outcome into exactly one response.
 
-A WceError becomes the contract's error body; anything else is logged here with its traceback
-(to the worker's stderr, never to the caller) and answered as a generic 500.
+The table (`ROUTES`, each module's routes in turn; see wce.worker.routes) is the one list of what
+a worker answers: the router, the access checks and `openapi.json` are all derived from it. A
+WceError becomes the contract's error body; anything else is logged here with its traceback (to
+the worker's stderr, never to the caller) and answered as a generic 500.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ import sys
 import traceback
 
 from wce import proto
-from wce.core.errors import NotFound, WceError
+from wce.core import openapi, pages
+from wce.core.errors import WceError
+from wce.core.scripts import store
 
 from . import api_routes, auth_routes, events_routes, export_routes, pages_routes, scripts_routes
-from .http import Call, Handler, Reply, Router, StreamReply, error_reply
+from .http import Call, Reply, StreamReply, error_reply, json_reply
+from .routes import ANY_OBJECT, Route, Router, paths_for
 from .tenant import Tenant
 
 
@@ -37,32 +42,29 @@ code,pre{{background:#f4f4f4;padding:.1rem .3rem}}</style></head>
     return Reply(200, [("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")], body.encode())
 
 
-def build_router() -> Router:
-    """Every route a worker serves."""
-    router = Router()
-    router.add("GET", "/", pages_routes.display_or(home))
-    auth_routes.register_routes(router)
-    api_routes.register_routes(router)
-    pages_routes.register_routes(router)
-    events_routes.register_routes(router)
-    scripts_routes.register_routes(router)
-    export_routes.register_routes(router)
-    return router
+async def openapi_document(call: Call) -> Reply:
+    """`GET /{cenv}/api/openapi.json`: the API as this caller may use it."""
+    t = call.tenant
+    actor = call.actor
+    return json_reply(openapi.document(t.cenv_id, STATIC_PATHS[actor.is_admin], list(t.catalog.all().values()),
+                                       t.access, actor, store.list_scripts(t.conn, "endpoint"),
+                                       pages.list_pages(t.conn), root=call.root))
 
 
-ROUTER = build_router()
-
-
-def route(method: str, path: str) -> tuple[Handler, dict[str, str]]:
-    """The handler of a request: a route, or for a GET no route claims, the page at that path."""
-    if path == "/fn" or path.startswith("/fn/"):
-        return scripts_routes.dispatch, {}
-    try:
-        return ROUTER.match(method, path)
-    except NotFound:
-        if method in ("GET", "HEAD"):
-            return pages_routes.display, {}
-        raise
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", pages_routes.display_or(home), "public", "the cenv's front page", op="home",
+          media="text/html", answer={"type": "string"}),
+    *auth_routes.ROUTES,
+    *api_routes.ROUTES,
+    *pages_routes.ROUTES,
+    *events_routes.ROUTES,
+    *scripts_routes.ROUTES,
+    *export_routes.ROUTES,
+    Route("GET", "/api/openapi.json", openapi_document, "public", "this document", op="openapi", answer=ANY_OBJECT),
+)
+ROUTER = Router(ROUTES)
+# the paths of the routes documented by their own operation, for a caller who is not an admin and for one who is
+STATIC_PATHS = {False: paths_for(ROUTES, admin=False), True: paths_for(ROUTES, admin=True)}
 
 
 async def handle(tenant: Tenant, req: proto.Request) -> proto.Response | StreamReply:
@@ -74,9 +76,10 @@ async def handle(tenant: Tenant, req: proto.Request) -> proto.Response | StreamR
     """
     try:
         tenant.check_rate(req.client)
-        handler, params = route(req.method, req.path)
+        route, params = ROUTER.match(req.method, req.path)
         call = Call(tenant, req, tenant.identify(req.identity), params)
-        reply = await handler(call)
+        route.admit(call)
+        reply = await route.handler(call)
         if isinstance(reply, StreamReply):
             if req.method != "HEAD":
                 return reply

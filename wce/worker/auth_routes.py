@@ -12,12 +12,13 @@ never sign a browser in as someone (login CSRF), and it has no use for a cookie 
 from __future__ import annotations
 
 from wce.core import accounts, auth
-from wce.core.errors import BadRequest, Forbidden, InvalidCredentials, RateLimited
+from wce.core.errors import BadRequest, Conflict, Forbidden, Invalid, InvalidCredentials, RateLimited
 
 from wce.responses import session_cookie
 
-from .http import Call, Reply, Router, json_reply
+from .http import Call, Reply, json_reply, no_content
 from .offload import in_thread
+from .routes import Route, ref
 
 
 def _cookie(call: Call, value: str, max_age: int) -> tuple[str, str]:
@@ -72,7 +73,7 @@ async def logout(call: Call) -> Reply:
     user = call.require_user()
     assert call.req.identity is not None
     accounts.revoke_session(call.tenant.conn, user, str(call.req.identity["jti"]), ip=call.client)
-    return Reply(204, [("cache-control", "no-store"), _cookie(call, "", 0)])
+    return no_content(_cookie(call, "", 0))
 
 
 async def register(call: Call) -> Reply:
@@ -107,13 +108,24 @@ async def password(call: Call) -> Reply:
     new_hash = await in_thread(auth.hash_password, new)
     assert call.req.identity is not None
     accounts.change_password(t.conn, user, new_hash, str(call.req.identity["jti"]), ip=call.client)
-    return Reply(204, [("cache-control", "no-store")])
+    return no_content()
 
 
-def register_routes(router: Router) -> None:
-    """Bind this module's handlers."""
-    router.add("POST", "/auth/login", login)
-    router.add("POST", "/auth/logout", logout)
-    router.add("POST", "/auth/register", register)
-    router.add("GET", "/auth/me", me)
-    router.add("POST", "/auth/password", password)
+CREDENTIALS = {"type": "object", "required": ["username", "password"], "properties": {
+    "username": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+    "password": {"type": "string", "minLength": 8, "maxLength": 1024}}}
+SESSION = {"type": "object", "required": ["token", "expires_at", "user"],
+           "properties": {"token": {"type": "string"}, "expires_at": {"type": "integer"}, "user": ref("User")}}
+NEW_PASSWORD = {"type": "object", "required": ["old_password", "new_password"], "properties": {
+    "old_password": {"type": "string"}, "new_password": {"type": "string", "minLength": 8}}}
+
+ROUTES = (
+    Route("POST", "/auth/login", login, "public", "sign in", body=CREDENTIALS, answer=SESSION,
+          errors=(InvalidCredentials, RateLimited)),
+    Route("POST", "/auth/logout", logout, "user", "sign out (revokes the session)", ok=(204,)),
+    Route("POST", "/auth/register", register, "public", "sign up when registration is open", body=CREDENTIALS,
+          ok=(201,), answer={"type": "object", "properties": {"user": ref("User")}}, errors=(Forbidden, Conflict, Invalid)),
+    Route("GET", "/auth/me", me, "user", "the signed-in user", answer=ref("User")),
+    Route("POST", "/auth/password", password, "user", "change one's password", body=NEW_PASSWORD, ok=(204,),
+          errors=(InvalidCredentials, Invalid)),
+)

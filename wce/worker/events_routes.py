@@ -9,25 +9,20 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from wce.core.errors import BadRequest, Forbidden, Unauthenticated
-from wce.core.permissions import Actor
+from wce.core.errors import BadRequest, Forbidden, NotFound, Unauthenticated, Unavailable
 
-from .http import Call, Router, StreamReply
+from .http import Call, StreamReply
+from .routes import Route
 
 MAX_TABLES = 50
 HEADERS = [("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-store"),
            ("x-accel-buffering", "no")]
 
 
-def _actor(call: Call) -> Actor:
-    u = call.user
-    return Actor(u.id, u.username, u.role) if u else Actor.anon()
-
-
 async def events(call: Call) -> StreamReply:
     """Open a stream of the committed changes of the tables asked for."""
     t = call.tenant
-    actor = _actor(call)
+    actor = call.actor
     names: list[str] = []
     for key, value in parse_qsl(call.req.query, keep_blank_values=True):
         if key == "tables":
@@ -48,7 +43,10 @@ async def events(call: Call) -> StreamReply:
     return StreamReply(200, list(HEADERS), t.events.open(actor, session, tables))
 
 
-def register_routes(router: Router) -> None:
-    """Bind this module's handlers."""
-    router.add("GET", "/api/events", events)
-
+ROUTES = (
+    Route("GET", "/api/events", events, "grant", "committed changes of tables, as Server-Sent Events",
+          query=({"name": "tables", "in": "query", "required": True, "schema": {"type": "string"},
+                  "description": "the tables to follow, comma-separated"},),
+          media="text/event-stream", answer={"type": "string"},
+          errors=(BadRequest, Unauthenticated, Forbidden, NotFound, Unavailable)),
+)

@@ -10,7 +10,8 @@ from typing import Any, Protocol
 
 from wce import proto
 from wce.core.accounts import User
-from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthenticated, WceError
+from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, Unauthenticated, WceError
+from wce.core.permissions import Actor
 from wce.core.rows import parse_int
 from wce.responses import JSON, error_answer, json_bytes, same_origin
 
@@ -54,6 +55,18 @@ def json_reply(value: Any, status: int = 200, headers: Iterable[tuple[str, str]]
     return Reply(status, [("content-type", JSON), ("cache-control", "no-store"), *headers], json_bytes(value))
 
 
+def no_content(*headers: tuple[str, str]) -> Reply:
+    """204: done, nothing to answer."""
+    return Reply(204, [("cache-control", "no-store"), *headers])
+
+
+def method_not_allowed(method: str, methods: Iterable[str]) -> MethodNotAllowed:
+    """405 for a method a path does not have; `Allow` lists those it has (HEAD wherever GET is)."""
+    have = sorted(set(methods))
+    allow = sorted({*have, *(["HEAD"] if "GET" in have else [])})
+    return MethodNotAllowed(f"{method} is not allowed here; use {', '.join(have)}", allow)
+
+
 def error_reply(exc: WceError) -> Reply:
     """The answer to an error (wce.responses.error_answer, as the gateway answers its own)."""
     return Reply(*error_answer(exc))
@@ -89,19 +102,41 @@ class Call:
             raise BadRequest("body must be a JSON object")
         return value
 
+    def require(self, access: str, anonymous: str, others: str = "admins only") -> User | None:
+        """The caller, if `access` ("public", "user" or "admin") lets them in: else 401 with the
+        message `anonymous` for an anonymous caller, 403 with `others` for a signed-in non-admin."""
+        user = self.user
+        if access == "public":
+            return user
+        if user is None:
+            raise Unauthenticated(anonymous)
+        if access == "admin" and user.role != "admin":
+            raise Forbidden(others)
+        return user
+
     def require_user(self) -> User:
         """The signed-in user, or 401."""
-        if self.user is None:
-            raise Unauthenticated("sign in first")
-        return self.user
+        user = self.require("user", "sign in first")
+        assert user is not None
+        return user
 
     def require_admin(self) -> User:
         """The admin calling, or 401 (anonymous) / 403 (anyone else)."""
-        if self.user is None:
-            raise Unauthenticated("sign in as an admin")
-        if self.user.role != "admin":
-            raise Forbidden("admins only")
-        return self.user
+        user = self.require("admin", "sign in as an admin")
+        assert user is not None
+        return user
+
+    @property
+    def actor(self) -> Actor:
+        """The caller for permission decisions."""
+        u = self.user
+        return Actor(u.id, u.username, u.role) if u else Actor.anon()
+
+    @property
+    def username(self) -> str:
+        """The signed-in caller's name, as audit rows name their actor (401 if anonymous: for
+        the handlers of routes whose access already let only signed-in callers in)."""
+        return self.require_user().username
 
     def paging(self, maximum: int, default: int = 50) -> tuple[int, int | None]:
         """`?limit=&before=` of a newest-first listing, range-checked (400 otherwise)."""
@@ -129,59 +164,3 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[Reply | StreamReply]]
-
-
-class Router:
-    """Routes by method and path: exact paths first, then patterns with `{name}` segments in the
-    order they were added. Unknown path 404; known path with another method 405."""
-
-    def __init__(self) -> None:
-        self._exact: dict[str, dict[str, Handler]] = {}
-        self._patterns: list[tuple[tuple[str, ...], dict[str, Handler]]] = []
-
-    def add(self, method: str, path: str, handler: Handler) -> None:
-        """Register a handler; `{name}` segments match one non-empty path segment."""
-        if "{" not in path:
-            self._exact.setdefault(path, {})[method] = handler
-            return
-        parts = tuple(path.strip("/").split("/"))
-        for existing, methods in self._patterns:
-            if existing == parts:
-                methods[method] = handler
-                return
-        self._patterns.append((parts, {method: handler}))
-
-    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        """The handler for a request and its path parameters, or NotFound / MethodNotAllowed."""
-        methods = self._exact.get(path)
-        params: dict[str, str] = {}
-        if methods is None:
-            segs = path.strip("/").split("/")
-            for parts, candidate in self._patterns:
-                if len(parts) == len(segs):
-                    got = _bind(parts, segs)
-                    if got is not None:
-                        methods, params = candidate, got
-                        break
-        if methods is None:
-            raise NotFound("no such route")
-        handler = methods.get(method)
-        if handler is None:
-            if method == "HEAD" and "GET" in methods:
-                return methods["GET"], params
-            allow = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
-            raise MethodNotAllowed(f"{method} is not allowed here; use {', '.join(sorted(methods))}", allow)
-        return handler, params
-
-
-def _bind(parts: tuple[str, ...], segs: list[str]) -> dict[str, str] | None:
-    """Path parameters if segs fit the pattern (the gateway passes the path already decoded)."""
-    params: dict[str, str] = {}
-    for p, s in zip(parts, segs, strict=True):
-        if p.startswith("{") and p.endswith("}"):
-            if not s:
-                return None
-            params[p[1:-1]] = s
-        elif p != s:
-            return None
-    return params

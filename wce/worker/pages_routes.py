@@ -15,21 +15,20 @@ but must revalidate, since any commit can change them); user and admin pages `pr
 
 from __future__ import annotations
 
-from wce.core import accounts, pages, pages_library, pages_render
-from wce.core.errors import Forbidden, NotFound, ScriptError, Unauthenticated
+from typing import Any
+
+from wce.core import pages, pages_library, pages_render
+from wce.core.errors import Invalid, NotFound, ScriptError
 
 from wce.responses import etag_matches
 
-from .http import Call, Handler, Reply, Router, json_reply
+from .http import Call, Handler, Reply, json_reply, no_content
 from .render_cache import Entry
+from .routes import Route, Schema, listing
 from .scripting import compile_in_child
 from .tenant import Tenant
 
 CACHE_CONTROL = {"public": "public, no-cache", "user": "private, no-store", "admin": "private, no-store"}
-
-
-def _admin(call: Call) -> accounts.User:
-    return call.require_admin()
 
 
 def _page_json(t: Tenant, page: pages.Page) -> dict[str, object]:
@@ -47,7 +46,6 @@ def _page_id(call: Call) -> int:
 
 async def list_pages(call: Call) -> Reply:
     """Every page with its render status."""
-    _admin(call)
     t = call.tenant
     return json_reply({"pages": [_page_json(t, p) for p in pages.list_pages(t.conn)]})
 
@@ -64,99 +62,66 @@ def _spec(call: Call) -> pages.PageSpec:
 async def create_page(call: Call) -> Reply:
     """Create a page; it is rendered before the answer (see `render_error`). (Other writes here
     are published by the flush after every request, wce.worker.app.handle.)"""
-    admin = _admin(call)
     t = call.tenant
-    page = pages.create_page(t.conn, _spec(call), actor=admin.username, ip=call.client)
+    page = pages.create_page(t.conn, _spec(call), actor=call.username, ip=call.client)
     t.bus.flush()
     return json_reply(_page_json(t, page), status=201)
 
 
 async def get_page(call: Call) -> Reply:
     """One page's edit mode and render status."""
-    _admin(call)
     t = call.tenant
     return json_reply(_page_json(t, pages.get_page(t.conn, _page_id(call))))
 
 
 async def put_page(call: Call) -> Reply:
     """Replace a page's edit mode."""
-    admin = _admin(call)
     t = call.tenant
     page_id = _page_id(call)
     pages.get_page(t.conn, page_id)  # 404 before any validation message
-    page = pages.replace_page(t.conn, page_id, _spec(call), actor=admin.username, ip=call.client)
+    page = pages.replace_page(t.conn, page_id, _spec(call), actor=call.username, ip=call.client)
     t.bus.flush()
     return json_reply(_page_json(t, page))
 
 
 async def delete_page(call: Call) -> Reply:
     """Delete a page; its path answers 404 at once."""
-    admin = _admin(call)
     t = call.tenant
-    pages.delete_page(t.conn, _page_id(call), actor=admin.username, ip=call.client)
-    return Reply(204, [("cache-control", "no-store")])
+    pages.delete_page(t.conn, _page_id(call), actor=call.username, ip=call.client)
+    return no_content()
 
 
-# templates
+# templates and values
 
-async def list_templates(call: Call) -> Reply:
-    """Every template."""
-    _admin(call)
-    return json_reply({"templates": [x.public() for x in pages_library.list_templates(call.tenant.conn)]})
+def _shelf_routes(shelf: pages_library.Shelf[Any], path: str, item: Schema, body: Schema) -> tuple[Route, ...]:
+    """The four routes of a shelf: `GET path`, `GET/PUT/DELETE path/{key}` (the key named as
+    its column is: `{name}`, `{key}`); PUT creates (201) or replaces (200) an item."""
+    key = shelf.key
+    one = f"{path}/{{{key}}}"
+    noun, plural = shelf.noun, path.rsplit("/", 1)[1]
 
+    async def list_all(call: Call) -> Reply:
+        return json_reply({plural: [x.public() for x in shelf.items(call.tenant.conn)]})
 
-async def get_template(call: Call) -> Reply:
-    """One template."""
-    _admin(call)
-    return json_reply(pages_library.get_template(call.tenant.conn, call.params["name"]).public())
+    async def get(call: Call) -> Reply:
+        return json_reply(shelf.get(call.tenant.conn, call.params[key]).public())
 
+    async def put(call: Call) -> Reply:
+        got, created = shelf.put(call.tenant.conn, call.params[key], call.json_object(),
+                                 actor=call.username, ip=call.client)
+        return json_reply(got.public(), status=201 if created else 200)
 
-async def put_template(call: Call) -> Reply:
-    """Create (201) or replace (200) a template: `{"source": MUSTACHE}`."""
-    admin = _admin(call)
-    t = call.tenant
-    tpl, created = pages_library.put_template(t.conn, call.params["name"], call.json_object(),
-                                              actor=admin.username, ip=call.client)
-    return json_reply(tpl.public(), status=201 if created else 200)
+    async def delete(call: Call) -> Reply:
+        shelf.delete(call.tenant.conn, call.params[key], actor=call.username, ip=call.client)
+        return no_content()
 
-
-async def delete_template(call: Call) -> Reply:
-    """Delete a template."""
-    admin = _admin(call)
-    t = call.tenant
-    pages_library.delete_template(t.conn, call.params["name"], actor=admin.username, ip=call.client)
-    return Reply(204, [("cache-control", "no-store")])
-
-
-# values
-
-async def list_values(call: Call) -> Reply:
-    """Every value."""
-    _admin(call)
-    return json_reply({"values": [v.public() for v in pages_library.list_values(call.tenant.conn)]})
-
-
-async def get_value(call: Call) -> Reply:
-    """One value."""
-    _admin(call)
-    return json_reply(pages_library.get_value(call.tenant.conn, call.params["key"]).public())
-
-
-async def put_value(call: Call) -> Reply:
-    """Create (201) or replace (200) a value: `{"value": ANY_JSON}`."""
-    admin = _admin(call)
-    t = call.tenant
-    value, created = pages_library.put_value(t.conn, call.params["key"], call.json_object(),
-                                             actor=admin.username, ip=call.client)
-    return json_reply(value.public(), status=201 if created else 200)
-
-
-async def delete_value(call: Call) -> Reply:
-    """Delete a value."""
-    admin = _admin(call)
-    t = call.tenant
-    pages_library.delete_value(t.conn, call.params["key"], actor=admin.username, ip=call.client)
-    return Reply(204, [("cache-control", "no-store")])
+    return (
+        Route("GET", path, list_all, "admin", f"every {noun}", op=f"list_{plural}", answer=listing(plural, item)),
+        Route("GET", one, get, "admin", f"one {noun}", op=f"get_{noun}", answer=item),
+        Route("PUT", one, put, "admin", f"create or replace a {noun}", op=f"put_{noun}", body=body, ok=(200, 201),
+              answer=item, errors=(Invalid,)),
+        Route("DELETE", one, delete, "admin", f"delete a {noun}", op=f"delete_{noun}", ok=(204,)),
+    )
 
 
 # display
@@ -167,11 +132,7 @@ async def display(call: Call) -> Reply:
     page = t.render_cache.page_at(call.req.path)
     if page is None:
         raise NotFound("no such route")
-    if page.access != "public":
-        if call.user is None:
-            raise Unauthenticated("sign in to see this page")
-        if page.access == "admin" and call.user.role != "admin":
-            raise Forbidden("this page is for admins")
+    call.require(page.access, "sign in to see this page", "this page is for admins")
     cache = "miss" if page.id in t.render_cache.stale else "hit"
     entry = t.render_cache.entry(page)
     if entry is None:
@@ -204,18 +165,37 @@ def display_or(fallback: Handler) -> Handler:
     return handler
 
 
-def register_routes(router: Router) -> None:
-    """Bind this module's handlers (display mode is the app's fallback for unclaimed GETs)."""
-    router.add("GET", "/api/pages", list_pages)
-    router.add("POST", "/api/pages", create_page)
-    router.add("GET", "/api/pages/{id}", get_page)
-    router.add("PUT", "/api/pages/{id}", put_page)
-    router.add("DELETE", "/api/pages/{id}", delete_page)
-    router.add("GET", "/api/templates", list_templates)
-    router.add("GET", "/api/templates/{name}", get_template)
-    router.add("PUT", "/api/templates/{name}", put_template)
-    router.add("DELETE", "/api/templates/{name}", delete_template)
-    router.add("GET", "/api/values", list_values)
-    router.add("GET", "/api/values/{key}", get_value)
-    router.add("PUT", "/api/values/{key}", put_value)
-    router.add("DELETE", "/api/values/{key}", delete_value)
+def _nullable(kind: str) -> Schema:
+    return {"type": [kind, "null"]}
+
+
+PAGE_FIELDS: Schema = {
+    "path": {"type": "string"}, "template": {"type": "string"},
+    "queries": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+    "context": _nullable("string"), "access": {"type": "string", "enum": list(pages.ACCESS_LEVELS)},
+    "content_type": {"type": "string"}}
+PAGE_BODY: Schema = {"type": "object", "required": ["path", "template"], "properties": PAGE_FIELDS}
+PAGE: Schema = {"type": "object", "required": [*PAGE_FIELDS, "id", "updated_at", "rendered_at", "etag", "render_error"],
+                "properties": {**PAGE_FIELDS, "queries": {"type": "object", "additionalProperties": {"type": "string"}},
+                               "id": {"type": "integer"}, "updated_at": {"type": "number"},
+                               "rendered_at": _nullable("number"), "etag": _nullable("string"),
+                               "render_error": _nullable("string"), "render_error_at": _nullable("number")}}
+TEMPLATE: Schema = {"type": "object", "required": ["name", "source", "updated_at"], "properties": {
+    "name": {"type": "string"}, "source": {"type": "string"}, "updated_at": {"type": "number"}}}
+VALUE: Schema = {"type": "object", "required": ["key", "value", "updated_at"], "properties": {
+    "key": {"type": "string"}, "value": {}, "updated_at": {"type": "number"}}}
+PAGE_ERRORS = (Invalid, ScriptError)  # a query or context refused; the context's compilation failed
+
+ROUTES = (
+    Route("GET", "/api/pages", list_pages, "admin", "every page with its render status", answer=listing("pages", PAGE)),
+    Route("POST", "/api/pages", create_page, "admin", "create a page", body=PAGE_BODY, ok=(201,), answer=PAGE,
+          errors=PAGE_ERRORS),
+    Route("GET", "/api/pages/{id}", get_page, "admin", "one page with its render status", answer=PAGE),
+    Route("PUT", "/api/pages/{id}", put_page, "admin", "replace a page", body=PAGE_BODY, answer=PAGE,
+          errors=PAGE_ERRORS),
+    Route("DELETE", "/api/pages/{id}", delete_page, "admin", "delete a page", ok=(204,)),
+    *_shelf_routes(pages_library.TEMPLATES, "/api/templates", TEMPLATE, {
+        "type": "object", "required": ["source"], "properties": {"source": {"type": "string"}}}),
+    *_shelf_routes(pages_library.VALUES, "/api/values", VALUE, {"type": "object", "required": ["value"]}),
+    Route("GET", "/", display, "page", "the page at a path", per="pages", mount=True),
+)

@@ -8,13 +8,12 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from wce.core.errors import BadRequest, Forbidden, MethodNotAllowed, NotFound, Unauthenticated, WceError
-from wce.core import openapi
+from wce.core.errors import BadRequest, Conflict, Invalid, NotFound, ScriptError, Timeout, Unavailable, WceError
 from wce.core.rows import parse_int
 from wce.core.scripts import store
 
-from .api_routes import actor_of, require_admin
-from .http import Call, Reply, Router, error_reply, json_reply
+from .http import Call, Reply, error_reply, json_reply, method_not_allowed, no_content
+from .routes import ANY_OBJECT, Route, listing, paging
 from .scripting import ScriptHost, compile_in_child, endpoint_reply, execute, public_error
 
 
@@ -22,36 +21,41 @@ def _id(call: Call) -> int:
     return parse_int(call.params["id"], NotFound("no such script"))
 
 
-def _crud(kind: str) -> dict[str, Any]:
-    async def listing(call: Call) -> Reply:
-        require_admin(call)
+def _crud(kind: str) -> tuple[Route, ...]:
+    """The five routes of a kind of script: `GET/POST /api/{kind}s`, `GET/PUT/DELETE /api/{kind}s/{id}`."""
+    async def list_all(call: Call) -> Reply:
         return json_reply({f"{kind}s": store.list_scripts(call.tenant.conn, kind)})
 
     async def create(call: Call) -> Reply:
-        admin = require_admin(call)
-        saved = store.save(call.tenant.conn, kind, call.json(), None, actor=admin.username, ip=call.client,
+        saved = store.save(call.tenant.conn, kind, call.json(), None, actor=call.username, ip=call.client,
                            compile_check=compile_in_child)
         call.tenant.scripts.invalidate()
         return json_reply(saved, status=201)
 
     async def get(call: Call) -> Reply:
-        require_admin(call)
         return json_reply(store.get_script(call.tenant.conn, kind, _id(call)))
 
     async def put(call: Call) -> Reply:
-        admin = require_admin(call)
-        saved = store.save(call.tenant.conn, kind, call.json(), _id(call), actor=admin.username, ip=call.client,
+        saved = store.save(call.tenant.conn, kind, call.json(), _id(call), actor=call.username, ip=call.client,
                            compile_check=compile_in_child)
         call.tenant.scripts.invalidate()
         return json_reply(saved)
 
     async def delete(call: Call) -> Reply:
-        admin = require_admin(call)
-        store.delete(call.tenant.conn, kind, _id(call), actor=admin.username, ip=call.client)
+        store.delete(call.tenant.conn, kind, _id(call), actor=call.username, ip=call.client)
         call.tenant.scripts.invalidate()
-        return Reply(204, [("cache-control", "no-store")])
+        return no_content()
 
-    return {"list": listing, "create": create, "get": get, "put": put, "delete": delete}
+    path, one, saving = f"/api/{kind}s", f"/api/{kind}s/{{id}}", (Conflict, Invalid)
+    return (
+        Route("GET", path, list_all, "admin", f"{kind}s", op=f"list_{kind}s", answer=listing(f"{kind}s")),
+        Route("POST", path, create, "admin", f"add an {kind}" if kind[0] in "aeiou" else f"add a {kind}",
+              op=f"create_{kind}", body=ANY_OBJECT, ok=(201,), answer=ANY_OBJECT, errors=saving),
+        Route("GET", one, get, "admin", f"one {kind}", op=f"get_{kind}", answer=ANY_OBJECT),
+        Route("PUT", one, put, "admin", f"replace a {kind}", op=f"put_{kind}", body=ANY_OBJECT, answer=ANY_OBJECT,
+              errors=saving),
+        Route("DELETE", one, delete, "admin", f"remove a {kind}", op=f"delete_{kind}", ok=(204,)),
+    )
 
 
 def _raw_request(call: Call, method: str, path: str, params: dict[str, str], query: str,
@@ -71,15 +75,6 @@ def _raw_request(call: Call, method: str, path: str, params: dict[str, str], que
     }
 
 
-def _check_access(call: Call, access: str) -> None:
-    if access == "public":
-        return
-    if call.user is None:
-        raise Unauthenticated("sign in to call this endpoint")
-    if access == "admin" and call.user.role != "admin":
-        raise Forbidden("admins only")
-
-
 async def dispatch(call: Call) -> Reply:
     """`ANY /{cenv}/fn/{path}`: route to an endpoint and call its handle_request(ctx)."""
     t = call.tenant
@@ -88,13 +83,12 @@ async def dispatch(call: Call) -> Reply:
     found, params, allowed = t.scripts.endpoint(method, path)
     if found is None:
         if allowed:
-            allow = sorted({*allowed, *(["HEAD"] if "GET" in allowed else [])})
-            raise MethodNotAllowed(f"{call.req.method} is not allowed here; use {', '.join(sorted(allowed))}", allow)
+            raise method_not_allowed(call.req.method, allowed)
         raise NotFound("no endpoint at this path")
     info, compiled = found
     sid = info["id"]
-    _check_access(call, info["access"])
-    actor = actor_of(call)
+    call.require(info["access"], "sign in to call this endpoint")
+    actor = call.actor
     host = ScriptHost(t, actor, call.client, f"endpoint:{sid}")
     raw = _raw_request(call, call.req.method, path, params, call.req.query, dict(call.req.headers), call.req.body)
     try:
@@ -114,7 +108,6 @@ def _log(tenant: Any, sid: int, host: ScriptHost) -> None:
 
 async def test_endpoint(call: Call) -> Reply:
     """Run an endpoint on a sample request as the calling admin; its writes are rolled back."""
-    require_admin(call)
     t = call.tenant
     sid = _id(call)
     store.get_script(t.conn, "endpoint", sid)
@@ -136,7 +129,7 @@ async def test_endpoint(call: Call) -> Reply:
                        {str(k): str(v) for k, v in params.items()},
                        "&".join(f"{k}={v}" for k, v in query.items()),
                        {str(k).lower(): str(v) for k, v in headers.items()}, (body or "").encode())
-    host = ScriptHost(t, actor_of(call), call.client, f"endpoint:{sid}")
+    host = ScriptHost(t, call.actor, call.client, f"endpoint:{sid}")
     started = time.perf_counter()
     try:
         value, cpu_ms = execute(t, compiled, raw, host, commit=False)
@@ -156,27 +149,21 @@ async def test_endpoint(call: Call) -> Reply:
 
 async def read_logs(call: Call) -> Reply:
     """What scripts printed, newest first."""
-    require_admin(call)
     limit, before = call.paging(1000, default=100)
     return json_reply({"lines": store.read_log(call.tenant.conn, limit, before)})
 
 
-def register_routes(router: Router) -> None:
-    """Bind this module's handlers (`/fn/...` is dispatched by wce.worker.app.route)."""
-    for kind in ("endpoint", "trigger"):
-        h = _crud(kind)
-        router.add("GET", f"/api/{kind}s", h["list"])
-        router.add("POST", f"/api/{kind}s", h["create"])
-        router.add("GET", f"/api/{kind}s/{{id}}", h["get"])
-        router.add("PUT", f"/api/{kind}s/{{id}}", h["put"])
-        router.add("DELETE", f"/api/{kind}s/{{id}}", h["delete"])
-    router.add("POST", "/api/endpoints/{id}/test", test_endpoint)
-    router.add("GET", "/api/logs", read_logs)
-    router.add("GET", "/api/openapi.json", openapi_document)
+SAMPLE = {"type": "object", "additionalProperties": False,
+          "properties": {k: {} for k in ("method", "path", "params", "query", "headers", "body", "json")}}
+TRIED = {"type": "object", "required": ["response", "error", "printed", "duration_ms", "rolled_back"]}
 
-
-async def openapi_document(call: Call) -> Reply:
-    """`GET /{cenv}/api/openapi.json`: the API as this caller may use it."""
-    t = call.tenant
-    return json_reply(openapi.document(t.cenv_id, list(t.catalog.all().values()), t.access, actor_of(call),
-                                       store.list_scripts(t.conn, "endpoint"), root=call.root))
+ROUTES = (
+    *_crud("endpoint"),
+    *_crud("trigger"),
+    Route("POST", "/api/endpoints/{id}/test", test_endpoint, "admin", "run on a sample request (rolled back)",
+          body=SAMPLE, body_required=False, answer=TRIED),
+    Route("GET", "/api/logs", read_logs, "admin", "what scripts printed, newest first", query=paging(1000),
+          answer=listing("lines")),
+    Route("*", "/fn", dispatch, "endpoint", "a Starlark endpoint", per="endpoints", mount=True,
+          errors=(ScriptError, Timeout, Unavailable)),
+)
