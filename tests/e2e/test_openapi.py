@@ -6,6 +6,7 @@ import httpx
 from openapi_spec_validator import validate
 
 from support import add_user, admin_cenv, bearer
+from wce.worker.app import ROUTER
 
 
 async def test_openapi_per_caller(client: httpx.AsyncClient) -> None:
@@ -43,3 +44,22 @@ async def test_openapi_per_caller(client: httpx.AsyncClient) -> None:
     # another cenv's token cannot read this document
     other = await admin_cenv(client)
     assert (await client.get(c.url("/api/openapi.json"), headers=bearer(other.admin))).status_code == 401
+
+
+async def test_every_route_is_in_openapi(client: httpx.AsyncClient) -> None:
+    """Each route of the worker's table is in an admin's document: at its own path, or, for those
+    documented from the cenv's data, at each table's rows, each endpoint's and each page's path."""
+    c = await admin_cenv(client)
+    h = bearer(c.admin)
+    await client.post(c.url("/api/tables"), headers=h, json={"sql": "CREATE TABLE notes (id INTEGER PRIMARY KEY, v)"})
+    await client.post(c.url("/api/endpoints"), headers=h, json={"method": "GET", "path": "/hello", "access": "admin",
+                      "source": "def handle_request(ctx):\n    return {}\n"})
+    await client.post(c.url("/api/pages"), headers=h, json={"path": "/about", "template": "hi", "access": "admin"})
+    doc = (await client.get(c.url("/api/openapi.json"), headers=h)).json()
+    validate(doc)
+    documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item if m != "parameters"}
+    per = {"tables": lambda path: path.replace("{table}", "notes"), "endpoints": lambda _: "/fn/hello",
+           "pages": lambda _: "/about"}
+    missing = [f"{r.method} {r.path}" for r in ROUTER.routes
+               if (("GET" if r.method == "*" else r.method), per[r.per](r.path) if r.per else r.path) not in documented]
+    assert missing == []
