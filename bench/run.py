@@ -228,7 +228,7 @@ def run_phase(phase: Phase, args: argparse.Namespace, tmp: Path) -> dict[str, ob
             token = c.post(f"/{cenv}/auth/login", json={"username": "admin", "password": "bench password"}).json()["token"]
             reader = seed_data_api(c, cenv, token)
             time.sleep(1)
-            forkserver = [p for p in children_of(wce.pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            forkserver = [p for p in children_of(wce.pid) if b"wce.worker.zygote" in Path(f"/proc/{p}/cmdline").read_bytes()]
             idle_uss = [uss_kib(p) for fs in forkserver for p in children_of(fs)]
 
         # Datasette on a plain copy of the same rows

@@ -80,13 +80,13 @@ class Server:
 
     @property
     def forkserver(self) -> int:
-        kids = [p for p in children(self.proc.pid) if alive(p) and b"wce.worker.forkserver" in _cmdline(p)]
+        kids = [p for p in children(self.proc.pid) if alive(p) and b"wce.worker.zygote" in _cmdline(p)]
         assert len(kids) == 1, kids
         return kids[0]
 
     def gateways(self) -> list[int]:
         """The gateway processes: the server itself, or with --gateways N > 1 its N children."""
-        kids = [p for p in children(self.proc.pid) if alive(p) and b"wce.worker.forkserver" not in _cmdline(p)]
+        kids = [p for p in children(self.proc.pid) if alive(p) and b"wce.worker.zygote" not in _cmdline(p)]
         return kids or [self.proc.pid]
 
     def workers(self) -> list[int]:

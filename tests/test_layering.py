@@ -9,6 +9,7 @@ import pytest
 RULES = [
     ("wce.proto", ["wce.core", "wce.worker", "wce.gateway", "apsw", "quart", "hypercorn", "starlark"]),
     ("wce.proto.channel", ["wce.core", "wce.worker", "wce.gateway", "apsw", "quart"]),
+    ("wce.proto.zygote", ["wce.core", "wce.worker", "wce.gateway", "apsw", "quart", "trio"]),
     ("wce.core.cenv", ["trio", "quart", "hypercorn", "wce.proto", "wce.worker", "wce.gateway"]),
     ("wce.core.accounts", ["trio", "quart", "hypercorn", "wce.proto", "wce.worker", "wce.gateway"]),
     ("wce.core.mustache", ["trio", "quart", "apsw", "wce.proto", "wce.worker", "wce.gateway"]),

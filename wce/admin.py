@@ -343,15 +343,19 @@ def _ask_to_stop(path: Path, timeout: float) -> int | None:
     try:
         sock.connect(str(path))
         sock.sendall(proto.frame(proto.encode(proto.Hello(proto.PROTOCOL_VERSION, "gateway", {"client": "wce-admin"}))))
-        reader = _Reader(sock)
-        hello = reader.receive()
+        frames = proto.FrameReader()
+
+        def receive() -> proto.Message:
+            return proto.decode(frames.read(lambda: sock.recv(65536)))
+
+        hello = receive()
         if not isinstance(hello, proto.Hello):
             return None
         pid = int(hello.info.get("pid", 0))
         sock.sendall(proto.frame(proto.encode(proto.Shutdown())))
-        while not isinstance(reader.receive(), proto.Closing):
+        while not isinstance(receive(), proto.Closing):
             pass
-    except (OSError, proto.ProtocolError):
+    except (OSError, EOFError, proto.ProtocolError):
         return None
     finally:
         sock.close()
@@ -456,28 +460,6 @@ def _has_open(pid: int, target: os.stat_result) -> bool:
         if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
             return True
     return False
-
-
-class _Reader:
-    """Messages from a worker's socket, one at a time (a read may bring several frames)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        from . import proto
-
-        self.sock = sock
-        self.decoder = proto.FrameDecoder()
-        self.frames: list[bytes] = []
-
-    def receive(self) -> Any:
-        """The next message; OSError once the worker has closed the connection."""
-        from . import proto
-
-        while not self.frames:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise OSError("the worker closed the connection")
-            self.frames = self.decoder.feed(chunk)
-        return proto.decode(self.frames.pop(0))
 
 
 def _alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ from wce.gateway.platform import create_platform_app
 class RecordingSupervisor:
     def __init__(self) -> None:
         self.asked: list[str] = []
-        self.forkserver = None
+        self.zygote = None
 
     def live(self, cenv: str) -> Any:
         return None  # no worker is running: the page fast path has nothing to serve

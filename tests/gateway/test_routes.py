@@ -63,7 +63,7 @@ def test_allow_lists_take_head_with_get() -> None:
 
 
 class Supervisor:
-    forkserver = zygote = None
+    zygote = None
 
     def live(self, cenv: str) -> Any:
         return None

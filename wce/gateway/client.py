@@ -50,8 +50,8 @@ class CachedPage:
                 + sum(len(k) + len(v) for k, v in self.headers_304))
 
 
-def _raw(headers: Any) -> list[tuple[bytes, bytes]]:
-    return [(str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in headers]
+def _raw(headers: proto.Headers) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
 class WorkerGone(Exception):
@@ -181,23 +181,19 @@ class WorkerClient:
         self.touch_page = self.page_budget.touch  # a page answered: it is the most recently used
 
     def apply_pages(self, data: dict[str, Any]) -> None:
-        """A pages Notice: replace (reset, perhaps over several Notices) or update the cached public
-        pages. A page the budget cannot hold (it evicts the least recently used pages of every cenv
-        first) is not cached: its worker answers it."""
+        """A pages Notice (its data, a proto.PagePush): replace (reset, perhaps over several
+        Notices) or update the cached public pages. A page the budget cannot hold (it evicts the
+        least recently used pages of every cenv first) is not cached: its worker answers it."""
+        push = proto.PagePush.of(data)  # a malformed entry is skipped; the worker still answers that path
         budget = self.page_budget
-        if data.get("reset"):
+        if push.reset:
             budget.release(self.pages)
-        for p in data.get("pages", ()):
-            try:
-                path = p["path"]
-                if p.get("drop"):
-                    budget.discard(self.pages, path)
-                else:
-                    headers = [*_raw(p["headers"]), (b"content-length", str(len(p["body"])).encode())]
-                    page = CachedPage(p["etag"], p["body"], headers, _raw(p["headers_304"]))
-                    budget.put(self.pages, path, page, page.size)
-            except (KeyError, TypeError):
-                continue  # a malformed entry is skipped; the worker still answers that path
+        for path in push.dropped:
+            budget.discard(self.pages, path)
+        for p in push.pages:
+            headers = [*_raw(p.headers), (b"content-length", str(len(p.body)).encode())]
+            page = CachedPage(p.etag, p.body, headers, _raw(p.headers_304))
+            budget.put(self.pages, p.path, page, page.size)
 
     def release(self) -> None:
         """Give back what this worker's pages and tokens hold (the connection ended)."""
@@ -311,7 +307,7 @@ class WorkerClient:
                         self._accepted(msg.data.get("id"))  # type: ignore[union-attr]
                     elif msg.topic == "settings":  # type: ignore[union-attr]
                         self.apply_settings(msg.data)  # type: ignore[union-attr]
-                    elif msg.topic == "pages" and not self.closing:  # type: ignore[union-attr]
+                    elif msg.topic == proto.PagePush.TOPIC and not self.closing:  # type: ignore[union-attr]
                         self.apply_pages(msg.data)  # type: ignore[union-attr]
         except (proto.ProtocolError, proto.BrokenChannel, trio.ClosedResourceError):
             pass

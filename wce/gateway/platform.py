@@ -127,9 +127,9 @@ def create_platform_app(config: ServerConfig, supervisor: Supervisor) -> QuartTr
             username, password = fields.get("username"), fields.get("password")
             if not isinstance(username, str) or not isinstance(password, str):
                 raise BadRequest("username and password are required")
-            await supervisor.forkserver.admit("new", client)
+            await supervisor.zygote.admit("new", client)
             cenv = new_id()
-            await supervisor.forkserver.create(cenv, username, password, client)
+            await supervisor.zygote.create(cenv, username, password, client)
         except WceError as exc:
             if is_json:
                 return _error(exc)
@@ -237,7 +237,7 @@ class ImportRoute:
         boundary = options.get("boundary", "")
         if mimetype != "multipart/form-data" or not boundary:
             raise BadRequest("send multipart/form-data with the fields file, username and password")
-        await self.supervisor.forkserver.admit("import", client)
+        await self.supervisor.zygote.admit("import", client)
         self.supervisor.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with tempfile.TemporaryFile(dir=self.supervisor.run_dir) as upload:
             fields = await self._receive_form(receive, boundary.encode("latin-1"), upload)
@@ -246,7 +246,7 @@ class ImportRoute:
                 raise BadRequest("the fields file, username and password are required")
             upload.flush()
             cenv = new_id()
-            await self.supervisor.forkserver.import_file(cenv, upload.fileno(), username, password, client)
+            await self.supervisor.zygote.import_file(cenv, upload.fileno(), username, password, client)
         return cenv, self.origins.cenv_url(scope.get("scheme", "http"), headers.get("host", "localhost"), cenv)
 
     async def _receive_form(self, receive: Receive, boundary: bytes, upload: Any) -> dict[str, str | None]:

@@ -24,13 +24,13 @@ from hypercorn.trio import serve as hypercorn_serve
 from wce.config import ServerConfig, UnsafeRunFolder
 
 from .asgi import Gateway
-from .forkserver import ForkServer
 from .forwarded import trusted_proxies
 from .master import Master, gateway_count, listening_sockets
 from .metrics import MetricsFiles
 from .platform import create_platform_app
 from .supervisor import Supervisor
 from .transport import serve as lean_serve
+from .zygote_client import ZygoteClient
 
 METRICS_EVERY = 1.0  # seconds between writes of a gateway's counters (several gateways only)
 
@@ -65,15 +65,15 @@ def hypercorn_config(config: ServerConfig, listen_fd: int | None = None) -> Hype
     return hc
 
 
-async def _serve(config: ServerConfig, forkserver: ForkServer, listen_fd: int | None = None,
+async def _serve(config: ServerConfig, zygote: ZygoteClient, listen_fd: int | None = None,
                  index: int = 0, count: int = 1) -> None:
     """One gateway process: gateway `index` of `count` when the master runs several."""
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(config, forkserver, nursery)
+        supervisor = Supervisor(config, zygote, nursery)
         app = Gateway(config, supervisor, create_platform_app(config, supervisor))
         if count == 1:  # the fork server is our child: bring it back if it dies
-            nursery.start_soon(_watch_forkserver, forkserver)
+            nursery.start_soon(_watch_zygote, zygote)
         else:  # the master's child, and its business
             files = app.metrics_route.files = MetricsFiles(config.runtime_path, index, count)
             nursery.start_soon(_share_metrics, files, app, supervisor)
@@ -97,14 +97,14 @@ async def _serve(config: ServerConfig, forkserver: ForkServer, listen_fd: int | 
         nursery.cancel_scope.cancel()
 
 
-async def _watch_forkserver(forkserver: ForkServer) -> None:
+async def _watch_zygote(zygote: ZygoteClient) -> None:
     while True:
-        pidfd = os.pidfd_open(forkserver.proc.pid)
+        pidfd = os.pidfd_open(zygote.proc.pid)
         try:
             await trio.lowlevel.wait_readable(pidfd)
         finally:
             os.close(pidfd)
-        forkserver.restart_if_dead()
+        zygote.restart_if_dead()
 
 
 async def _share_metrics(files: MetricsFiles, app: Gateway, supervisor: Supervisor) -> None:
@@ -142,13 +142,13 @@ def run(config: ServerConfig) -> None:
         sys.exit(f"wce: {exc}")
     n = gateway_count(config)
     sockets = listening_sockets(config, n) if n > 1 else []
-    forkserver = ForkServer.start(config)
+    zygote = ZygoteClient.start(config)
     try:
         if n == 1:
-            trio.run(_serve, config, forkserver)
+            trio.run(_serve, config, zygote)
         else:
-            Master(config, sockets, lambda fd, i: trio.run(_serve, config, forkserver, fd, i, n),
-                   on_child_exit=forkserver.restart_if_dead).run()
+            Master(config, sockets, lambda fd, i: trio.run(_serve, config, zygote, fd, i, n),
+                   on_child_exit=zygote.restart_if_dead).run()
     finally:
-        forkserver.stop(config.graceful_timeout + 2)
+        zygote.stop(config.graceful_timeout + 2)
         os.close(lock)

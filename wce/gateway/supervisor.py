@@ -24,8 +24,8 @@ from wce.proto.channel import MessageChannel
 from .budget import Budget
 from .client import WorkerClient
 from .fates import Fate
-from .forkserver import ForkServer
 from .tokens import CACHE_BYTES
+from .zygote_client import ZygoteClient
 
 HELLO_TIMEOUT = 10.0
 START_ATTEMPTS = 3
@@ -55,9 +55,9 @@ class SupervisorStatistics:
 class Supervisor:
     """Owns the worker handles of this gateway process; runs its tasks in the given nursery."""
 
-    def __init__(self, config: ServerConfig, forkserver: ForkServer, nursery: trio.Nursery) -> None:
+    def __init__(self, config: ServerConfig, zygote: ZygoteClient, nursery: trio.Nursery) -> None:
         self.config = config
-        self.forkserver = forkserver
+        self.zygote = zygote
         self.nursery = nursery
         self.run_dir = config.runtime_path
         self._workers: dict[str, WorkerClient] = {}
@@ -128,7 +128,7 @@ class Supervisor:
         """Connect to the cenv's worker, which the fork server starts unless another gateway process
         already has. A worker we reach just as it closes is asked for again: its successor comes."""
         for attempt in range(START_ATTEMPTS):
-            pid, new = await self.forkserver.spawn(cenv)
+            pid, new = await self.zygote.spawn(cenv)
             try:
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
@@ -255,7 +255,7 @@ class Supervisor:
             with trio.move_on_after(FATE_WAIT):
                 await w.exited.wait()
             if w.exited.is_set():
-                lookup.fate = Fate.parse(await self.forkserver.fate(w.pid))
+                lookup.fate = Fate.parse(await self.zygote.fate(w.pid))
                 if lookup.fate is not None and lookup.fate.died_running_a_script:
                     self.events["crashed"] += 1
         except Unavailable:

@@ -1,6 +1,7 @@
 """The gateway <-> worker wire: length-prefixed msgpack frames over Unix stream sockets.
 
 Knows nothing of the rest of WCE. `framing` and `codec` are sans-IO; `channel` is the trio adapter.
+`zygote` is the fork server's own protocol (gateway <-> zygote), on the same framing.
 """
 
 from .codec import decode, encode
@@ -14,10 +15,11 @@ from .errors import (
     UnknownKind,
     VersionMismatch,
 )
-from .framing import MAX_FRAME, FrameDecoder, frame
+from .framing import MAX_FRAME, FrameDecoder, FrameReader, frame
 from .messages import (
     PROTOCOL_VERSION,
     STREAM_WINDOW,
+    Headers,
     Cancel,
     Credit,
     Closing,
@@ -25,6 +27,8 @@ from .messages import (
     Hello,
     Message,
     Notice,
+    PagePush,
+    PushedPage,
     Request,
     Response,
     Shutdown,
@@ -35,8 +39,7 @@ from .messages import (
 
 __all__ = [
     "MAX_FRAME", "PROTOCOL_VERSION", "STREAM_WINDOW", "BrokenChannel", "Cancel", "Closing", "Credit", "DecodeError",
-    "EncodeError",
-    "Error", "FrameDecoder", "FrameTooLarge", "Hello", "Message", "Notice", "ProtocolError", "Request", "Response",
-    "Shutdown", "StreamChunk", "StreamEnd", "StreamStart", "TornFrame", "UnknownKind", "VersionMismatch",
-    "decode", "encode", "frame",
+    "EncodeError", "Error", "FrameDecoder", "FrameReader", "FrameTooLarge", "Headers", "Hello", "Message", "Notice",
+    "PagePush", "ProtocolError", "PushedPage", "Request", "Response", "Shutdown", "StreamChunk", "StreamEnd",
+    "StreamStart", "TornFrame", "UnknownKind", "VersionMismatch", "decode", "encode", "frame",
 ]

@@ -13,8 +13,8 @@ Conversation on one connection (the gateway speaks first):
     gateway -> Cancel(id)       the client of a stream went away
     gateway -> Shutdown()       finish what is in flight, then exit when every connection closed
     worker  -> Closing(reason)  the worker is going away (idle, shutdown); send it nothing new
-    worker  -> Notice(topic, data)  settings the gateway enforces have changed, public pages, a
-                                    session the worker accepted
+    worker  -> Notice(topic, data)  settings the gateway enforces have changed, public pages (the
+                                    data is a PagePush), a session the worker accepted
 
 Flow control: a streamed answer (events, or a whole answer too large for one Response, sent in
 pieces with its `size`) may run at most STREAM_WINDOW bytes ahead of the Credits its gateway sent,
@@ -222,8 +222,8 @@ class Credit:
 @dataclass(frozen=True, slots=True)
 class Notice:
     """Worker to gateway: something the gateway enforces changed (`topic` 'settings': the cenv's
-    rate limit...; 'pages': public pages to answer without a hop; 'session': the session of request
-    `data["id"]` is live, so the gateway may keep its token as verified)."""
+    rate limit...; 'pages': public pages to answer without a hop, `data` a PagePush; 'session': the
+    session of request `data["id"]` is live, so the gateway may keep its token as verified)."""
 
     KIND: ClassVar[int] = 11
     topic: str
@@ -231,6 +231,75 @@ class Notice:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.topic, str) and isinstance(self.data, dict), "Notice: topic and data")
+
+
+def _headers_of(raw: Any) -> Headers:
+    _check_headers(raw, "PushedPage")
+    return [(k, v) for k, v in raw]
+
+
+@dataclass(frozen=True, slots=True)
+class PushedPage:
+    """A public page as its worker answers it: a gateway answers a GET or HEAD of `path` with
+    status 200, `headers` (and the body's length) and `body`; one whose If-None-Match matches
+    `etag` with 304 and `headers_304`."""
+
+    path: str
+    etag: str
+    body: bytes
+    headers: Headers
+    headers_304: Headers
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.path, str) and isinstance(self.etag, str), "PushedPage: path and etag must be strings")
+        _check(isinstance(self.body, bytes), "PushedPage: body must be bytes")
+        _check_headers(self.headers, "PushedPage")
+        _check_headers(self.headers_304, "PushedPage")
+
+
+@dataclass(frozen=True, slots=True)
+class PagePush:
+    """The data of a 'pages' Notice: the public pages a worker wants its gateways to answer
+    themselves (wce.worker.server pushes them after each commit, before the answer that caused it;
+    wce.gateway.client keeps them). `reset`: forget the cenv's pages first (a new connection's
+    first push, which may come in several Notices, the later ones without reset); `dropped`: paths
+    no longer to answer; `pages`: pages new or changed, whole.
+
+    On the wire, in the Notice's map: `{"reset": bool, "pages": [{"path", "drop": true}, ...,
+    {"path", "etag", "body", "headers", "headers_304"}, ...]}`, the dropped paths first.
+    """
+
+    TOPIC: ClassVar[str] = "pages"
+    reset: bool = False
+    dropped: tuple[str, ...] = ()
+    pages: tuple[PushedPage, ...] = ()
+
+    def notice(self) -> Notice:
+        """The Notice that carries it."""
+        entries: list[dict[str, Any]] = [{"path": path, "drop": True} for path in self.dropped]
+        entries += [{"path": p.path, "etag": p.etag, "body": p.body, "headers": p.headers, "headers_304": p.headers_304}
+                    for p in self.pages]
+        return Notice(self.TOPIC, {"reset": self.reset, "pages": entries})
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> PagePush:
+        """From a 'pages' Notice's data. An entry that is not one is skipped: the worker still
+        answers that path."""
+        dropped: list[str] = []
+        pages: list[PushedPage] = []
+        entries = data.get("pages", ())
+        for e in entries if isinstance(entries, list) else ():
+            try:
+                if not isinstance(e.get("path"), str):
+                    continue
+                if e.get("drop"):
+                    dropped.append(e["path"])
+                else:
+                    pages.append(PushedPage(e["path"], e["etag"], e["body"], _headers_of(e["headers"]),
+                                            _headers_of(e["headers_304"])))
+            except (AttributeError, KeyError, DecodeError):
+                continue
+        return cls(bool(data.get("reset")), tuple(dropped), tuple(pages))
 
 
 Message = (Hello | Request | Response | StreamStart | StreamChunk | StreamEnd | Error | Cancel | Shutdown | Closing | Notice

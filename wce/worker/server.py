@@ -107,20 +107,22 @@ class Worker:
         return out
 
     def _pages_notices(self, entries: dict[str, Any], dropped: list[str], reset: bool = False) -> list[proto.Notice]:
-        """The pages Notices for these changes, each with at most NOTICE_BYTES of pages (one frame
-        must never exceed the limit: finding L3); only the first resets."""
+        """The pages Notices (proto.PagePush) for these changes, each with at most NOTICE_BYTES of
+        pages (one frame must never exceed the limit: finding L3); only the first resets, and
+        carries the dropped paths."""
         notices: list[proto.Notice] = []
-        pages: list[dict[str, Any]] = [{"path": path, "drop": True} for path in dropped]
+        gone = tuple(dropped)
+        pages: list[proto.PushedPage] = []
         size = 0
         for path, e in entries.items():
-            if pages and size + len(e.body) > NOTICE_BYTES:
-                notices.append(proto.Notice("pages", {"reset": reset and not notices, "pages": pages}))
-                pages, size = [], 0
-            pages.append({"path": path, "etag": e.etag, "body": e.body,
-                          "headers": page_headers(e, "public"), "headers_304": not_modified_headers(e, "public")})
+            if (gone or pages) and size + len(e.body) > NOTICE_BYTES:
+                notices.append(proto.PagePush(reset and not notices, gone, tuple(pages)).notice())
+                gone, pages, size = (), [], 0
+            pages.append(proto.PushedPage(path, e.etag, e.body, page_headers(e, "public"),
+                                          not_modified_headers(e, "public")))
             size += len(e.body) + PAGE_OVERHEAD
-        if pages or not notices:
-            notices.append(proto.Notice("pages", {"reset": reset and not notices, "pages": pages}))
+        if gone or pages or not notices:
+            notices.append(proto.PagePush(reset and not notices, gone, tuple(pages)).notice())
         return notices
 
     async def push_pages(self) -> None:

@@ -8,16 +8,10 @@ It is also the one arbiter every gateway process shares: it knows which worker s
 so however many gateways ask for a cenv at once, exactly one worker is started, and it keeps the
 limits that must hold across gateways (cenvs created per client address).
 
-Requests arrive on a listening Unix socket, one per connection, as one frame of msgpack:
-    {"op": "spawn", "cenv": ID}      -> {"ok", "pid", "new"}: the cenv's live worker, started if none
-                                        (it listens on {run}/{ID}.sock; "new" tells who started it)
-    {"op": "fate", "pid": PID}       -> {"ok", "fate"}: how a worker ended (wce.worker.fates), or None
-    {"op": "admit", "kind": "new"|"import", "ip"}   -> {"ok"} or {"ok": false, "code", "message", "retry_after"}
-    {"op": "create", "cenv": ID, "username", "password", "ip"}   -> {"ok"} or {"ok": false, "code", "message"}
-    {"op": "import", "cenv": ID, "username", "password", "ip"} + the uploaded file as SCM_RIGHTS
-                                                                  -> {"ok"} or {"ok": false, "code", "message"}
-`create` and `import` run in a short-lived forked child (argon2 takes ~50 ms; checking a file takes
-longer), which answers on the connection.
+Requests arrive on a listening Unix socket, one per connection, one frame each way: the messages
+of wce.proto.zygote (Spawn, Fate, Admit, Create, Import; answered Spawned, Ended, Done or Refused).
+Its client is the gateway's wce.gateway.zygote_client. `Create` and `Import` run in a short-lived
+forked child (argon2 takes ~50 ms; checking a file takes longer), which answers on the connection.
 
 A worker that begins closing says so first, on a pipe whose other end we keep (its sandbox lets
 it remove no name in the run folder: wce.worker.sandbox); a spawn that finds it closing starts a
@@ -41,13 +35,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-import msgpack
-
 from wce.config import ServerConfig
 from wce.process import die_with_parent
 from wce.core.ids import is_id
 from wce.core.throttle import SlidingWindow
-from wce.proto.framing import FrameDecoder, frame
+from wce.proto import zygote
+from wce.proto.errors import ProtocolError
+from wce.proto.framing import FrameReader, frame
 
 # Imported here so that forked workers find them loaded (the point of the zygote).
 import apsw  # noqa: F401, E402
@@ -111,24 +105,20 @@ def _stop(signum: int, frame_: Any) -> None:
     raise _Stop
 
 
-def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    decoder = FrameDecoder(max_size=1 << 20)
+def _read_request(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """The request's frame, and the descriptors sent with it (an upload's file)."""
     fds: list[int] = []
-    while True:
+
+    def recv() -> bytes:
         data, got, _, _ = socket.recv_fds(conn, 65536, 2)
-        fds += got
-        if not data:
-            raise ConnectionError("fork server client went away")
-        frames = decoder.feed(data)
-        if frames:
-            msg = msgpack.unpackb(frames[0], raw=False)
-            if not isinstance(msg, dict):
-                raise ValueError("bad request")
-            return msg, fds
+        fds.extend(got)
+        return data
+
+    return FrameReader(zygote.MAX_FRAME).read(recv), fds
 
 
-def _reply(conn: socket.socket, msg: dict[str, Any]) -> None:
-    conn.sendall(frame(msgpack.packb(msg, use_bin_type=True)))
+def _reply(conn: socket.socket, msg: zygote.Reply) -> None:
+    conn.sendall(frame(zygote.encode(msg)))
 
 
 def _after_fork(listener: socket.socket, conn: socket.socket | None) -> None:
@@ -173,14 +163,14 @@ def _live_worker(config: ServerConfig, cenv_id: str) -> int | None:
     return None  # its name was taken away
 
 
-def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any]) -> None:
-    cenv_id = msg.get("cenv")
-    if not isinstance(cenv_id, str) or not is_id(cenv_id):
-        _reply(conn, {"ok": False, "code": "internal", "message": "bad spawn request"})
+def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: zygote.Spawn) -> None:
+    cenv_id = msg.cenv
+    if not is_id(cenv_id):
+        _reply(conn, zygote.Refused("internal", "bad spawn request"))
         return
     pid = _live_worker(config, cenv_id)
     if pid is not None:
-        _reply(conn, {"ok": True, "pid": pid, "new": False})
+        _reply(conn, zygote.Spawned(pid, False))
         return
     run = config.prepare_runtime_path()
     path = run / f"{cenv_id}.sock"
@@ -219,7 +209,7 @@ def _spawn(config: ServerConfig, listener: socket.socket, conn: socket.socket, m
     if old is not None:
         os.close(old[2])  # its successor's name replaced its own
     _workers[cenv_id] = (pid, ino, closing_r)
-    _reply(conn, {"ok": True, "pid": pid, "new": True})
+    _reply(conn, zygote.Spawned(pid, True))
     _cap_workers(config.max_workers)
 
 
@@ -234,13 +224,10 @@ def _fork() -> int:
         raise
 
 
-def _fate(conn: socket.socket, msg: dict[str, Any]) -> None:
-    """How a worker ended (op `fate`), once it has: its exit signal and what its crash marker
-    said (wce.worker.fates); None while it runs, or for a pid that is not one of our workers."""
-    pid = msg.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        _reply(conn, {"ok": False, "code": "internal", "message": "bad fate request"})
-        return
+def _fate(conn: socket.socket, msg: zygote.Fate) -> None:
+    """How a worker ended, once it has: its exit signal and what its crash marker said
+    (wce.worker.fates); None while it runs, or for a pid that is not one of our workers."""
+    pid = msg.pid
     if fates.tracked(pid):
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -249,7 +236,7 @@ def _fate(conn: socket.socket, msg: dict[str, Any]) -> None:
         if done == pid:
             fates.reaped(pid, status)
             _forget(pid)
-    _reply(conn, {"ok": True, "fate": fates.fate(pid)})
+    _reply(conn, zygote.Ended(fates.fate(pid)))
 
 
 def _cap_workers(limit: int) -> None:
@@ -265,22 +252,21 @@ def _cap_workers(limit: int) -> None:
             pass
 
 
-def _admit(admissions: SlidingWindow, conn: socket.socket, msg: dict[str, Any]) -> None:
+def _admit(admissions: SlidingWindow, conn: socket.socket, msg: zygote.Admit) -> None:
     """Count one cenv creation (or import) from a client address, against the server-wide limit."""
-    key = f"{msg.get('kind')}:{msg.get('ip')}"
+    key = f"{msg.kind}:{msg.ip}"
     retry = admissions.retry_after(key)
     if retry is not None:
-        _reply(conn, {"ok": False, "code": "rate_limited", "retry_after": retry,
-                      "message": "too many cenvs created from this address; try again later"})
+        _reply(conn, zygote.Refused("rate_limited", "too many cenvs created from this address; try again later", retry))
         return
     admissions.hit(key)
-    _reply(conn, {"ok": True})
+    _reply(conn, zygote.Done())
 
 
 def _job(config: ServerConfig, listener: socket.socket, conn: socket.socket, what: str,
          work: Callable[[], None]) -> None:
     """Run one cenv-making job (create, import) in a forked child under the memory cap; the child
-    answers on the connection: {"ok"} or the domain error, never a traceback."""
+    answers on the connection: Done, or Refused with the domain error, never a traceback."""
     pid = os.fork()
     if pid != 0:
         _children.add(pid)
@@ -293,45 +279,41 @@ def _job(config: ServerConfig, listener: socket.socket, conn: socket.socket, wha
         limits.apply_memory(config.memory_mb)
         try:
             work()
-            _reply(conn, {"ok": True})
+            _reply(conn, zygote.Done())
         except WceError as exc:
-            _reply(conn, {"ok": False, "code": exc.code, "message": exc.message})
+            _reply(conn, zygote.Refused(exc.code, exc.message))
     except BaseException:
         traceback.print_exc()
         code = 1
         try:
-            _reply(conn, {"ok": False, "code": "internal", "message": f"could not {what} the cenv"})
+            _reply(conn, zygote.Refused("internal", f"could not {what} the cenv"))
         except OSError:
             pass
     finally:
         os._exit(code)
 
 
-def _create(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any]) -> None:
+def _create(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: zygote.Create) -> None:
     def work() -> None:
-        username = auth.check_username(msg.get("username"))
-        password = auth.check_password(msg.get("password"))
+        username = auth.check_username(msg.username)
+        password = auth.check_password(msg.password)
         config.data_path.mkdir(parents=True, exist_ok=True)
-        cenv.create(config.data_path, msg["cenv"], username, auth.hash_password(password), ip=msg.get("ip"))
+        cenv.create(config.data_path, msg.cenv, username, auth.hash_password(password), ip=msg.ip)
 
     _job(config, listener, conn, "create", work)
 
 
-def _import(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: dict[str, Any],
+def _import(config: ServerConfig, listener: socket.socket, conn: socket.socket, msg: zygote.Import,
             fds: list[int]) -> None:
     """Check the uploaded file (an open descriptor from the gateway) and install it, in a child."""
     if len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
-        _reply(conn, {"ok": False, "code": "internal", "message": "bad import request"})
+        _close(fds)
+        _reply(conn, zygote.Refused("internal", "bad import request"))
         return
 
     def work() -> None:
-        username, password = msg.get("username"), msg.get("password")
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise WceError("bad import request")
-        backup.import_file(config.data_path, f"/proc/self/fd/{fds[0]}", msg["cenv"],
-                           credentials=(username, password), ip=msg.get("ip"))
+        backup.import_file(config.data_path, f"/proc/self/fd/{fds[0]}", msg.cenv,
+                           credentials=(msg.username, msg.password), ip=msg.ip)
 
     try:
         _job(config, listener, conn, "import", work)
@@ -372,26 +354,7 @@ def serve(listen_fd: int, config: ServerConfig) -> None:
             conn, _ = listener.accept()
             try:
                 conn.settimeout(5)
-                msg, fds = _read_request(conn)
-                op = msg.get("op")
-                if op == "spawn":
-                    for fd in fds:
-                        os.close(fd)
-                    _spawn(config, listener, conn, msg)
-                elif op == "admit":
-                    _admit(admissions, conn, msg)
-                elif op == "create":
-                    for fd in fds:
-                        os.close(fd)
-                    _create(config, listener, conn, msg)
-                elif op == "import":
-                    _import(config, listener, conn, msg, fds)
-                elif op == "fate":
-                    for fd in fds:
-                        os.close(fd)
-                    _fate(conn, msg)
-                else:
-                    _reply(conn, {"ok": False, "code": "internal", "message": "unknown op"})
+                _serve_one(config, listener, conn, admissions)
             except _Stop:
                 raise
             except Exception:
@@ -405,6 +368,36 @@ def serve(listen_fd: int, config: ServerConfig) -> None:
         for cenv_id, (_, ino, closing) in list(_workers.items()):
             _drop_name(cenv_id, ino, closing)
         _workers.clear()
+
+
+def _serve_one(config: ServerConfig, listener: socket.socket, conn: socket.socket, admissions: SlidingWindow) -> None:
+    """Read one request from a new connection and answer it (Refused if it is not one)."""
+    payload, fds = _read_request(conn)
+    try:
+        msg = zygote.decode(payload)
+    except ProtocolError as exc:
+        _close(fds)
+        _reply(conn, zygote.Refused("internal", f"bad request: {exc}"))
+        return
+    if isinstance(msg, zygote.Import):
+        _import(config, listener, conn, msg, fds)
+        return
+    _close(fds)  # only an import sends one
+    if isinstance(msg, zygote.Spawn):
+        _spawn(config, listener, conn, msg)
+    elif isinstance(msg, zygote.Admit):
+        _admit(admissions, conn, msg)
+    elif isinstance(msg, zygote.Create):
+        _create(config, listener, conn, msg)
+    elif isinstance(msg, zygote.Fate):
+        _fate(conn, msg)
+    else:
+        _reply(conn, zygote.Refused("internal", f"{type(msg).__name__} is a reply, not a request"))
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _stop_children(timeout: float) -> None:
@@ -435,7 +428,7 @@ def _stop_children(timeout: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Entry point: `python -m wce.worker.forkserver --fd N --config JSON`."""
+    """Entry point: `python -m wce.worker.zygote --fd N --config JSON`."""
     p = argparse.ArgumentParser()
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--config", required=True)
