@@ -1,10 +1,13 @@
 """Fuzzing the API from its own OpenAPI document (schemathesis CLI) against the real server.
 
-`make test` runs a short pass (WCE_FUZZ_EXAMPLES, default 50 examples per operation; on 2 quiet
-cores 5 took 9 s, 30 13 s, 100 34 s, 200 64 s, and 50 about 10 s more than 5 under load; 5 missed
-a 500 that 30 already found); `make fuzz` a long one (200). It passes only if no answer is a 5xx
-and every answer matches the document (status code, content type, response schema). Logout and
-password change are excluded: they would end the run's own session (test_auth.py covers both).
+Two runs: anonymously, on the document an anonymous caller gets, then as an admin, on the admin's,
+which has every route of the worker's table (wce.worker.app.ROUTES) but three: logout and password
+change would end the run's own session (test_auth.py covers both), and `GET events` is a stream
+that does not end. A run passes only if no answer is a 5xx and every answer matches the document
+(status code, content type, response schema). `make test` runs a short pass (WCE_FUZZ_EXAMPLES,
+default 50 examples per operation: 12 + 52 operations, about 4,000 requests; on 2 cores with one
+busy, 5 took 10 s, 30 19 s, 50 24 s; with the admin's 36 operations of before, 50 took 19 s, and 5
+missed a 500 that 30 already found); `make fuzz` a long one (200).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from wce.core import pages, pages_library, pages_render
-from wce.core.errors import Invalid, NotFound, ScriptError
+from wce.core.errors import Conflict, Invalid, NotFound, ScriptError
 
 from wce.responses import etag_matches
 
@@ -93,12 +93,16 @@ async def delete_page(call: Call) -> Reply:
 
 # templates and values
 
-def _shelf_routes(shelf: pages_library.Shelf[Any], path: str, item: Schema, body: Schema) -> tuple[Route, ...]:
-    """The four routes of a shelf: `GET path`, `GET/PUT/DELETE path/{key}` (the key named as
-    its column is: `{name}`, `{key}`); PUT creates (201) or replaces (200) an item."""
-    key = shelf.key
+def _shelf_routes(shelf: pages_library.Shelf[Any], content: Schema) -> tuple[Route, ...]:
+    """The four routes of a shelf: `GET /api/{noun}s`, `GET/PUT/DELETE /api/{noun}s/{key}`, the
+    key named as its column (`{name}`, `{key}`); PUT takes `{column: content}` and creates (201)
+    or replaces (200) an item."""
+    noun, key, column = shelf.noun, shelf.key, shelf.column
+    path, plural = f"/api/{noun}s", f"{noun}s"
     one = f"{path}/{{{key}}}"
-    noun, plural = shelf.noun, path.rsplit("/", 1)[1]
+    item = {"type": "object", "required": [key, column, "updated_at"],
+            "properties": {key: {"type": "string"}, column: content, "updated_at": {"type": "number"}}}
+    body = {"type": "object", "required": [column], "properties": {column: content}}
 
     async def list_all(call: Call) -> Reply:
         return json_reply({plural: [x.public() for x in shelf.items(call.tenant.conn)]})
@@ -180,11 +184,7 @@ PAGE: Schema = {"type": "object", "required": [*PAGE_FIELDS, "id", "updated_at",
                                "id": {"type": "integer"}, "updated_at": {"type": "number"},
                                "rendered_at": _nullable("number"), "etag": _nullable("string"),
                                "render_error": _nullable("string"), "render_error_at": _nullable("number")}}
-TEMPLATE: Schema = {"type": "object", "required": ["name", "source", "updated_at"], "properties": {
-    "name": {"type": "string"}, "source": {"type": "string"}, "updated_at": {"type": "number"}}}
-VALUE: Schema = {"type": "object", "required": ["key", "value", "updated_at"], "properties": {
-    "key": {"type": "string"}, "value": {}, "updated_at": {"type": "number"}}}
-PAGE_ERRORS = (Invalid, ScriptError)  # a query or context refused; the context's compilation failed
+PAGE_ERRORS = (Conflict, Invalid)  # the path taken; the template, a query or the context refused
 
 ROUTES = (
     Route("GET", "/api/pages", list_pages, "admin", "every page with its render status", answer=listing("pages", PAGE)),
@@ -194,8 +194,7 @@ ROUTES = (
     Route("PUT", "/api/pages/{id}", put_page, "admin", "replace a page", body=PAGE_BODY, answer=PAGE,
           errors=PAGE_ERRORS),
     Route("DELETE", "/api/pages/{id}", delete_page, "admin", "delete a page", ok=(204,)),
-    *_shelf_routes(pages_library.TEMPLATES, "/api/templates", TEMPLATE, {
-        "type": "object", "required": ["source"], "properties": {"source": {"type": "string"}}}),
-    *_shelf_routes(pages_library.VALUES, "/api/values", VALUE, {"type": "object", "required": ["value"]}),
+    *_shelf_routes(pages_library.TEMPLATES, {"type": "string"}),
+    *_shelf_routes(pages_library.VALUES, {}),
     Route("GET", "/", display, "page", "the page at a path", per="pages", mount=True),
 )
