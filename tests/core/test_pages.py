@@ -119,7 +119,7 @@ def test_page_storage_and_audit(conn: apsw.Connection) -> None:
 
 def test_templates_and_values_storage(conn: apsw.Connection) -> None:
     t, created = pages_library.TEMPLATES.put(conn, "layout", {"source": "<main>{{$body}}{{/body}}</main>"}, actor="a", ip=None)
-    assert created and t.name == "layout"
+    assert created and t.key == "layout"
     _, created = pages_library.TEMPLATES.put(conn, "layout", {"source": "v2"}, actor="a", ip=None)
     assert not created and pages_library.TEMPLATES.all(conn) == {"layout": "v2"}
     with pytest.raises(Invalid):
@@ -127,7 +127,7 @@ def test_templates_and_values_storage(conn: apsw.Connection) -> None:
     with pytest.raises(Invalid, match="line"):
         pages_library.TEMPLATES.put(conn, "broken", {"source": "{{/x}}"}, actor="a", ip=None)
     v, created = pages_library.VALUES.put(conn, "site", {"value": {"title": "Hi", "n": [1, 2]}}, actor="a", ip=None)
-    assert created and v.value == {"title": "Hi", "n": [1, 2]}
+    assert created and v.content == {"title": "Hi", "n": [1, 2]}
     with pytest.raises(Invalid):
         pages_library.VALUES.put(conn, "a.b", {"value": 1}, actor="a", ip=None)
     with pytest.raises(BadRequest):

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import apsw
 
@@ -27,32 +27,13 @@ _VALUE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 @dataclass(frozen=True, slots=True)
-class Template:
-    """A stored template."""
-
-    name: str
-    source: str
-    updated_at: float
-
-    def public(self) -> dict[str, Any]:
-        """The JSON shape."""
-        return {"name": self.name, "source": self.source, "updated_at": self.updated_at}
-
-
-@dataclass(frozen=True, slots=True)
-class Value:
-    """A stored JSON value."""
+class Item:
+    """A stored template or value: its key, its content (a template's source; a value, decoded)
+    and when it last changed. Its JSON shape names them as its shelf does (Shelf.public)."""
 
     key: str
-    value: Any
+    content: Any
     updated_at: float
-
-    def public(self) -> dict[str, Any]:
-        """The JSON shape."""
-        return {"key": self.key, "value": self.value, "updated_at": self.updated_at}
-
-
-Item = TypeVar("Item", Template, Value)
 
 
 def check_template_name(name: str) -> str:
@@ -94,7 +75,7 @@ def _value_text(key: str, body: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Shelf(Generic[Item]):
+class Shelf:
     """One kind of shared item, stored as (key, text, updated_at) rows of its table: its key is
     checked by `check`, a body becomes the stored text by `encode` and the text is read back by
     `decode`. A deleted item is gone for the pages at once: a template renders as empty text, a
@@ -104,10 +85,14 @@ class Shelf(Generic[Item]):
     table: str
     key: str
     column: str
-    item: Callable[[str, Any, float], Item]
     check: Callable[[str], str]
     encode: Callable[[str, dict[str, Any]], str]
     decode: Callable[[str], Any]
+
+    def public(self, item: Item) -> dict[str, Any]:
+        """The JSON shape of an item: `{"name", "source", "updated_at"}` for a template, `{"key",
+        "value", "updated_at"}` for a value."""
+        return {self.key: item.key, self.column: item.content, "updated_at": item.updated_at}
 
     def all(self, conn: apsw.Connection) -> dict[str, Any]:
         """Every item's content by key, decoded."""
@@ -115,7 +100,7 @@ class Shelf(Generic[Item]):
 
     def items(self, conn: apsw.Connection) -> list[Item]:
         """Every item, by key."""
-        return [self.item(k, self.decode(v), t) for k, v, t in conn.execute(
+        return [Item(k, self.decode(v), t) for k, v, t in conn.execute(
             f"SELECT {self.key}, {self.column}, updated_at FROM {self.table} ORDER BY {self.key}")]
 
     def get(self, conn: apsw.Connection, key: str) -> Item:
@@ -124,7 +109,7 @@ class Shelf(Generic[Item]):
                            (key,)).fetchone()
         if row is None:
             raise NotFound(f"no such {self.noun}")
-        return self.item(row[0], self.decode(row[1]), row[2])
+        return Item(row[0], self.decode(row[1]), row[2])
 
     def put(self, conn: apsw.Connection, key: str, body: dict[str, Any], *, actor: str | None,
             ip: str | None) -> tuple[Item, bool]:
@@ -147,5 +132,5 @@ class Shelf(Generic[Item]):
             audit.record(conn, f"{self.noun}.delete", actor=actor, target=key, ip=ip)
 
 
-TEMPLATES = Shelf("template", "_wce_templates", "name", "source", Template, check_template_name, _template_text, str)
-VALUES = Shelf("value", "_wce_values", "key", "value", Value, check_value_key, _value_text, json.loads)
+TEMPLATES = Shelf("template", "_wce_templates", "name", "source", check_template_name, _template_text, str)
+VALUES = Shelf("value", "_wce_values", "key", "value", check_value_key, _value_text, json.loads)

@@ -15,8 +15,6 @@ but must revalidate, since any commit can change them); user and admin pages `pr
 
 from __future__ import annotations
 
-from typing import Any
-
 from wce.core import pages, pages_library, pages_render
 from wce.core.errors import Conflict, Invalid, NotFound, ScriptError
 
@@ -93,7 +91,7 @@ async def delete_page(call: Call) -> Reply:
 
 # templates and values
 
-def _shelf_routes(shelf: pages_library.Shelf[Any], content: Schema) -> tuple[Route, ...]:
+def _shelf_routes(shelf: pages_library.Shelf, content: Schema) -> tuple[Route, ...]:
     """The four routes of a shelf: `GET /api/{noun}s`, `GET/PUT/DELETE /api/{noun}s/{key}`, the
     key named as its column (`{name}`, `{key}`); PUT takes `{column: content}` and creates (201)
     or replaces (200) an item."""
@@ -105,15 +103,15 @@ def _shelf_routes(shelf: pages_library.Shelf[Any], content: Schema) -> tuple[Rou
     body = {"type": "object", "required": [column], "properties": {column: content}}
 
     async def list_all(call: Call) -> Reply:
-        return json_reply({plural: [x.public() for x in shelf.items(call.tenant.conn)]})
+        return json_reply({plural: [shelf.public(x) for x in shelf.items(call.tenant.conn)]})
 
     async def get(call: Call) -> Reply:
-        return json_reply(shelf.get(call.tenant.conn, call.params[key]).public())
+        return json_reply(shelf.public(shelf.get(call.tenant.conn, call.params[key])))
 
     async def put(call: Call) -> Reply:
         got, created = shelf.put(call.tenant.conn, call.params[key], call.json_object(),
                                  actor=call.username, ip=call.client)
-        return json_reply(got.public(), status=201 if created else 200)
+        return json_reply(shelf.public(got), status=201 if created else 200)
 
     async def delete(call: Call) -> Reply:
         shelf.delete(call.tenant.conn, call.params[key], actor=call.username, ip=call.client)
