@@ -221,14 +221,20 @@ class Gateway:
                    path: str) -> None:
         """The platform app, with the same body limit as a cenv's requests, enforced here so that
         every 413 is the same answer and closes the connection."""
+        body = await self._body(scope, receive, send)
+        if body is not None:
+            await self.platform(scope, _replay(body, receive), send)
+
+    async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The request's body, within `--max-body`; None if the client went away, or if it was
+        refused (answered here: 413, the connection closed)."""
         try:
-            body = await read_body(scope, receive, self.config.max_body)
+            return await read_body(scope, receive, self.config.max_body)
         except _Disconnected:
-            return
+            return None
         except WceError as exc:
             await send_error(send, exc, unread=True)
-            return
-        await self.platform(scope, _replay(body, receive), send)
+            return None
 
     async def _slash(self, scope: Scope, receive: Receive, send: Send, route: routes.Route, cenv: str,
                      rest: str) -> None:
@@ -295,12 +301,8 @@ class Gateway:
         script killed it gets 503 naming the cause (a memory bomb must not take down the
         replacement too), one that may have committed a write 503, any other is sent once more.
         """
-        try:
-            body = await read_body(scope, receive, self.config.max_body)
-        except _Disconnected:
-            return
-        except WceError as exc:
-            await send_error(send, exc, unread=True)
+        body = await self._body(scope, receive, send)
+        if body is None:
             return
         token, via = credentials(scope["headers"], self.origins.cookie_name(scope.get("scheme", "http")))
         try:

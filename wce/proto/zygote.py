@@ -77,10 +77,10 @@ class Admit:
 
 
 @dataclass(frozen=True, slots=True)
-class Create:
-    """Create the cenv's file with its first admin."""
+class _NewCenv:
+    """What making a cenv takes: its id, its first (Create) or an existing (Import) admin's
+    credentials, and the client's address."""
 
-    OP: ClassVar[str] = "create"
     cenv: str
     username: str
     password: str
@@ -91,18 +91,18 @@ class Create:
 
 
 @dataclass(frozen=True, slots=True)
-class Import:
+class Create(_NewCenv):
+    """Create the cenv's file with its first admin."""
+
+    OP: ClassVar[str] = "create"
+
+
+@dataclass(frozen=True, slots=True)
+class Import(_NewCenv):
     """Check the uploaded cenv file (sent beside the frame) and install it as `cenv`, if `username`
     and `password` are those of an enabled admin of it."""
 
     OP: ClassVar[str] = "import"
-    cenv: str
-    username: str
-    password: str
-    ip: str
-
-    def __post_init__(self) -> None:
-        _strings(self, "cenv", "username", "password", "ip")
 
 
 @dataclass(frozen=True, slots=True)
